@@ -1,0 +1,49 @@
+"""Argument checks shared by the public ops: one place, messages that name the argument."""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INDEX_DTYPES = (torch.int16, torch.int32)
+
+
+def check_tensor(name: str, t, dtypes=None, ndim=None):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+    if dtypes is not None and t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} has dtype {t.dtype}; supported: {names}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+
+
+def check_same_device(**tensors):
+    items = [(k, v) for k, v in tensors.items() if v is not None]
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.device != first.device:
+            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}; move them to one device")
+
+
+def index_range(indices: torch.Tensor) -> tuple[int, int]:
+    """(min, max) of ``indices`` (one host sync); cached while the tensor is unchanged."""
+    from ._cache import cached
+
+    def compute():
+        if indices.numel() == 0:
+            return (0, -1)
+        ext = torch.aminmax(indices)
+        return (int(ext.min), int(ext.max))
+
+    return cached(indices, "index_range", compute)
+
+
+def check_indices_in_range(name: str, indices: torch.Tensor, in_features: int):
+    if torch.compiler.is_compiling():  # value checks need a host sync; traced graphs skip them
+        return
+    lo, hi = index_range(indices)
+    if indices.numel() and (lo < 0 or hi >= in_features):
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{name} holds {bad}, out of range for in_features={in_features} (valid: 0..{in_features - 1})")

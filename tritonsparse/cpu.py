@@ -1,0 +1,73 @@
+"""The plain-PyTorch path (CPU tensors): fast, not a gather.
+
+A naive ``x[..., indices]`` gather materialises a (batch, n, K) tensor and loses to dense.
+A condensed weight is a CSR matrix with equal row lengths, so the forward and dX run on
+``torch.sparse.mm`` (MKL on CPU) with zero-copy row pointers; dValues is the dense
+gradient dYᵀX sampled at the pattern, done in row chunks so memory stays bounded.
+Low-precision inputs are computed in fp32 (MKL has no bf16 sparse kernels) and cast back,
+which also gives the fp32 accumulation the kernels use.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ._cache import cached
+from .formats import transpose_structure
+
+# torch warns on every CSR construction that the layout is beta; that is known here
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+
+_DW_CHUNK_ELEMS = 1 << 22  # rows of dYᵀX computed at once: chunk * in_features elements
+
+
+def _csr(crow, col, values, shape):
+    return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def _forward_pattern(indices):
+    """(crow, col) int32 arrays of the condensed pattern, cached per indices tensor."""
+
+    def compute():
+        n, k = indices.shape
+        crow = torch.arange(0, n * k + 1, max(k, 1), dtype=torch.int32, device=indices.device)[: n + 1]
+        if k == 0:
+            crow = torch.zeros(n + 1, dtype=torch.int32, device=indices.device)
+        return crow, indices.reshape(-1).to(torch.int32)
+
+    return cached(indices, "cpu_forward_pattern", compute)
+
+
+def condensed_fwd(x2, values, indices, bias):
+    """x2: (B, in_features) -> (B, n)."""
+    n = values.shape[0]
+    crow, col = _forward_pattern(indices)
+    w = _csr(crow, col, values.reshape(-1).float(), (n, x2.shape[1]))
+    y = torch.sparse.mm(w, x2.t().float().contiguous()).t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x2.dtype).contiguous()
+
+
+def condensed_dx(grad2, values, indices, in_features):
+    """grad2: (B, n) -> dX (B, in_features) = grad2 @ W."""
+    crow, rows, perm = transpose_structure(indices, in_features)
+    vals = values.reshape(-1).float()[perm]
+    wt = _csr(crow.to(torch.int64), rows.to(torch.int64), vals, (in_features, values.shape[0]))
+    return torch.sparse.mm(wt, grad2.t().float().contiguous()).t().to(grad2.dtype).contiguous()
+
+
+def condensed_dw(grad2, x2, indices, out_dtype):
+    """dValues[j, k] = (grad2ᵀ x2)[j, indices[j, k]], computed a block of rows at a time."""
+    n, k = indices.shape
+    out = torch.empty(n, k, dtype=out_dtype, device=x2.device)
+    if n == 0 or k == 0:
+        return out
+    gt = grad2.t().float()
+    xf = x2.float()
+    idx = indices.long()
+    chunk = max(1, _DW_CHUNK_ELEMS // max(x2.shape[1], 1))
+    for s in range(0, n, chunk):
+        out[s : s + chunk] = (gt[s : s + chunk] @ xf).gather(1, idx[s : s + chunk])
+    return out

@@ -1,0 +1,155 @@
+"""``CondensedLinear``: a drop-in for ``nn.Linear`` whose weight has constant fan-in."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .._validate import FLOAT_DTYPES, check_indices_in_range, check_tensor
+from ..formats import CondensedWeight, default_index_dtype, scatter_active_rows
+from ..ops import _condensed_matmul
+
+
+class CondensedLinear(nn.Module):
+    """Linear layer ``y = x Wᵀ + b`` with W stored condensed: every active output row has
+    exactly ``fan_in`` nonzero weights; ablated rows output the bias alone.
+
+    Storage is flat and of fixed size (``capacity`` = out_features * fan_in by default):
+    the parameter ``values`` and the buffer ``indices`` hold the (n_active, K) arrays in
+    their first n_active*K entries. Dynamic sparse training can change K and the active
+    rows in place while the optimizer keeps the same parameter object.
+
+    Args:
+        in_features, out_features: as ``nn.Linear``.
+        fan_in: K, the nonzeros per active row (1..in_features).
+        bias: learn an additive bias.
+        index_dtype: int16 or int32 (default: the smallest that fits in_features).
+        capacity: size of the flat storage (default out_features * fan_in).
+
+    A new layer gets a random pattern (K distinct columns per row) and values drawn
+    uniformly in ±1/sqrt(K), the scale ``nn.Linear`` uses for a dense fan-in of K.
+    """
+
+    def __init__(self, in_features, out_features, fan_in, bias=True, device=None, dtype=None,
+                 index_dtype=None, capacity=None):
+        super().__init__()
+        if not 1 <= fan_in <= in_features:
+            raise ValueError(f"fan_in must be in [1, in_features={in_features}], got {fan_in}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        capacity = int(capacity) if capacity is not None else self.out_features * int(fan_in)
+        if capacity < self.out_features * fan_in:
+            raise ValueError(f"capacity={capacity} is below out_features * fan_in = {self.out_features * fan_in}")
+        index_dtype = index_dtype or default_index_dtype(self.in_features)
+        self.values = nn.Parameter(torch.zeros(capacity, device=device, dtype=dtype or torch.get_default_dtype()))
+        self.register_buffer("indices", torch.zeros(capacity, device=device, dtype=index_dtype))
+        self.register_buffer("active_mask", torch.ones(self.out_features, device=device, dtype=torch.bool))
+        self.register_buffer("fan_in_buffer", torch.tensor(int(fan_in), device=device))
+        self.bias = nn.Parameter(torch.zeros(self.out_features, device=device, dtype=self.values.dtype)) if bias else None
+        self._refresh()
+        self.reset_parameters()
+
+    # -- pattern bookkeeping -----------------------------------------------------------
+    def _refresh(self):
+        """Recompute the Python-side view of the pattern from the buffers (after a
+        pattern change, a state_dict load or a device move)."""
+        self.fan_in = int(self.fan_in_buffer)
+        self.active_rows = torch.nonzero(self.active_mask).flatten()
+        self.n_active = int(self.active_rows.numel())
+        self._indices_view = self.indices[: self.n_active * self.fan_in].view(self.n_active, self.fan_in)
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        self._refresh()
+        return out
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._refresh()
+        check_indices_in_range("indices", self._indices_view, self.in_features)
+
+    @property
+    def capacity(self) -> int:
+        return self.values.numel()
+
+    @property
+    def weight_values(self) -> torch.Tensor:
+        """(n_active, K) view of the values (shares storage and gradient with ``values``)."""
+        return self.values[: self.n_active * self.fan_in].view(self.n_active, self.fan_in)
+
+    @property
+    def weight_indices(self) -> torch.Tensor:
+        """(n_active, K) view of the column indices."""
+        return self._indices_view
+
+    @torch.no_grad()
+    def set_pattern(self, values: torch.Tensor, indices: torch.Tensor, active_rows: torch.Tensor | None = None):
+        """Replace the pattern in place: ``values``/``indices`` (n_active, K) for the
+        ``active_rows`` (ascending; None = all rows). Storage past n_active*K is zeroed."""
+        cw = CondensedWeight(values.to(self.values.dtype), indices.to(self.indices.dtype), active_rows,
+                             (self.out_features, self.in_features))
+        if cw.nnz > self.capacity:
+            raise ValueError(f"the pattern has {cw.nnz} nonzeros, more than capacity={self.capacity}")
+        self.values.zero_()
+        self.indices.zero_()
+        self.values[: cw.nnz] = cw.values.reshape(-1)
+        self.indices[: cw.nnz] = cw.indices.reshape(-1)
+        self.active_mask.zero_()
+        self.active_mask[cw.active_rows] = True
+        self.fan_in_buffer.fill_(cw.fan_in)
+        self._refresh()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        k = self.fan_in
+        cols = torch.rand(self.out_features, self.in_features, device=self.values.device).argsort(dim=1)[:, :k]
+        cols = cols.sort(dim=1).values
+        bound = 1.0 / math.sqrt(k)
+        vals = torch.empty(self.out_features, k, device=self.values.device, dtype=self.values.dtype).uniform_(-bound, bound)
+        self.set_pattern(vals, cols, None)
+        if self.bias is not None:
+            self.bias.uniform_(-bound, bound)
+
+    # -- conversions -------------------------------------------------------------------
+    def condensed_weight(self) -> CondensedWeight:
+        """The weight as a :class:`CondensedWeight` (views of this layer's storage)."""
+        return CondensedWeight(self.weight_values.detach(), self._indices_view, self.active_rows,
+                               (self.out_features, self.in_features))
+
+    def to_dense_weight(self) -> torch.Tensor:
+        return self.condensed_weight().to_dense()
+
+    @classmethod
+    def from_condensed(cls, weight: CondensedWeight, bias: torch.Tensor | None = None, capacity=None):
+        out_features, in_features = weight.shape
+        layer = cls(in_features, out_features, max(weight.fan_in, 1), bias=bias is not None,
+                    device=weight.values.device, dtype=weight.values.dtype, index_dtype=weight.indices.dtype,
+                    capacity=capacity)
+        layer.set_pattern(weight.values, weight.indices, weight.active_rows)
+        if bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(bias)
+        return layer
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, mask: torch.Tensor | None = None, index_dtype=None):
+        """Condense an ``nn.Linear`` whose zero pattern (or ``mask``) has constant fan-in."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        check_tensor("linear.weight", linear.weight.data, FLOAT_DTYPES, ndim=2)
+        cw = CondensedWeight.from_dense(linear.weight.detach(), mask, index_dtype)
+        if cw.n_active == 0:
+            raise ValueError("linear has no nonzero weight: nothing to condense")
+        bias = linear.bias.detach() if linear.bias is not None else None
+        return cls.from_condensed(cw, bias)
+
+    # -- forward -----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.n_active == self.out_features:
+            return _condensed_matmul(x, self.weight_values, self._indices_view, self.bias, check_index_range=False)
+        y = _condensed_matmul(x, self.weight_values, self._indices_view, check_index_range=False)
+        return scatter_active_rows(y, self.active_rows, self.out_features, self.bias)
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, fan_in={self.fan_in}, "
+                f"active={self.n_active}, bias={self.bias is not None}, index_dtype={self.indices.dtype}")

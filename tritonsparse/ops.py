@@ -1,0 +1,185 @@
+"""The public op ``condensed_matmul``: validation, backend dispatch and autograd.
+
+Eager calls go through a ``torch.autograd.Function`` (least Python overhead). The same
+implementation is registered as ``torch.ops.tritonsparse.condensed_matmul`` with
+``torch.library`` (autograd and fake-tensor rules included), which is what runs while
+``torch.compile`` traces, so compiled models keep the kernels.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import cpu
+from ._triton import backend_for
+from ._validate import FLOAT_DTYPES, INDEX_DTYPES, check_indices_in_range, check_same_device, check_tensor
+from .formats import transpose_structure
+
+
+# -- implementations on 2-D inputs (x2: (B, in_features)) ----------------------------------
+def _forward(x2, values, indices, bias):
+    if backend_for(x2.device) == "torch":
+        return cpu.condensed_fwd(x2, values, indices, bias)
+    from .kernels.condensed_fwd import condensed_fwd
+
+    out = torch.empty(x2.shape[0], values.shape[0], dtype=x2.dtype, device=x2.device)
+    return condensed_fwd(x2.t().contiguous(), values, indices, bias, out)
+
+
+def _backward(grad2, x2, values, indices, need_x: bool, need_values: bool):
+    """(dX, dValues); an entry not needed is an empty tensor."""
+    in_features = x2.shape[1]
+    grad_x = grad_values = x2.new_empty(0)
+    if backend_for(x2.device) == "torch":
+        if need_x:
+            grad_x = cpu.condensed_dx(grad2, values, indices, in_features)
+        if need_values:
+            grad_values = cpu.condensed_dw(grad2, x2, indices, values.dtype)
+        return grad_x, grad_values
+    from .kernels.condensed_dw import condensed_dw
+    from .kernels.csr_gather import csr_gather
+
+    grad_t = grad2.t().contiguous()  # (n, B): the batch is contiguous for both gathers
+    if need_x:
+        crow, rows, perm = transpose_structure(indices, in_features)
+        vals_t = values.reshape(-1)[perm]
+        grad_x = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device)
+        csr_gather(grad_t, crow, rows, vals_t, grad_x)
+    if need_values:
+        grad_values = torch.empty(values.shape, dtype=values.dtype, device=values.device)
+        condensed_dw(x2.t().contiguous(), grad_t, indices, grad_values)
+    return grad_x, grad_values
+
+
+def _grad_bias(grad2, dtype):
+    return grad2.sum(0, dtype=torch.float32).to(dtype)
+
+
+class _CondensedMatmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2, values, indices, bias):
+        ctx.save_for_backward(x2, values, indices)
+        ctx.has_bias = bias is not None
+        return _forward(x2, values, indices, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x2, values, indices = ctx.saved_tensors
+        need_x, need_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad = grad.contiguous()
+        gx, gv = _backward(grad, x2, values, indices, need_x, need_values)
+        gb = _grad_bias(grad, x2.dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        return (gx if need_x else None), (gv if need_values else None), None, gb
+
+
+# -- torch.library registration (used while torch.compile traces) --------------------------
+@torch.library.custom_op("tritonsparse::condensed_matmul", mutates_args=())
+def _condensed_matmul_op(x2: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return _forward(x2, values, indices, bias)
+
+
+@_condensed_matmul_op.register_fake
+def _(x2, values, indices, bias):
+    return x2.new_empty(x2.shape[0], values.shape[0])
+
+
+@torch.library.custom_op("tritonsparse::condensed_matmul_backward", mutates_args=())
+def _condensed_matmul_backward_op(
+    grad2: torch.Tensor, x2: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, need_x: bool, need_values: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    gx, gv = _backward(grad2.contiguous(), x2, values, indices, need_x, need_values)
+    return gx.clone() if gx is x2 else gx, gv
+
+
+@_condensed_matmul_backward_op.register_fake
+def _(grad2, x2, values, indices, need_x, need_values):
+    gx = x2.new_empty(x2.shape) if need_x else x2.new_empty(0)
+    gv = values.new_empty(values.shape) if need_values else x2.new_empty(0)
+    return gx, gv
+
+
+def _setup_context(ctx, inputs, output):
+    x2, values, indices, bias = inputs
+    ctx.save_for_backward(x2, values, indices)
+    ctx.has_bias = bias is not None
+
+
+def _op_backward(ctx, grad):
+    x2, values, indices = ctx.saved_tensors
+    need_x, need_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    gx, gv = torch.ops.tritonsparse.condensed_matmul_backward(grad, x2, values, indices, need_x, need_values)
+    gb = _grad_bias(grad, x2.dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None
+    return (gx if need_x else None), (gv if need_values else None), None, gb
+
+
+_condensed_matmul_op.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+# -- public API ----------------------------------------------------------------------------
+def _validate(x, values, indices, bias, check_index_range=True):
+    check_tensor("x", x, FLOAT_DTYPES)
+    check_tensor("values", values, FLOAT_DTYPES, ndim=2)
+    check_tensor("indices", indices, INDEX_DTYPES, ndim=2)
+    if bias is not None:
+        check_tensor("bias", bias, FLOAT_DTYPES, ndim=1)
+    if x.dim() < 1:
+        raise ValueError("x must have at least one dimension (..., in_features)")
+    if values.shape != indices.shape:
+        raise ValueError(f"values has shape {tuple(values.shape)} but indices has shape {tuple(indices.shape)}; they must match")
+    if bias is not None and bias.shape[0] != values.shape[0]:
+        raise ValueError(f"bias has {bias.shape[0]} entries but values has {values.shape[0]} rows (out_features)")
+    check_same_device(x=x, values=values, indices=indices, bias=bias)
+    if values.dtype != x.dtype:
+        raise TypeError(f"values has dtype {values.dtype} but x has dtype {x.dtype}; they must match")
+    if bias is not None and bias.dtype != x.dtype:
+        raise TypeError(f"bias has dtype {bias.dtype} but x has dtype {x.dtype}; they must match")
+    in_features = x.shape[-1]
+    if indices.dtype == torch.int16 and in_features > torch.iinfo(torch.int16).max + 1:
+        raise TypeError(f"indices is int16 but x has in_features={in_features} > 32768; use int32 indices")
+    if check_index_range:
+        check_indices_in_range("indices", indices, in_features)
+
+
+def condensed_matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Product of ``x`` with a constant fan-in sparse weight in condensed form.
+
+    ``y[..., j] = sum_k values[j, k] * x[..., indices[j, k]] + bias[j]``
+
+    Args:
+        x: (..., in_features) input, fp32, fp16 or bf16; any number of leading dims.
+        values: (n, K) nonzero weights, same dtype as ``x``. Accumulation is in fp32.
+        indices: (n, K) int16 or int32 column indices in [0, in_features). Not
+            differentiable. Repeated indices in a row add up.
+        bias: optional (n,) bias, same dtype as ``x``.
+
+    Returns:
+        (..., n) tensor of ``x``'s dtype. Differentiable with respect to ``x``, ``values``
+        and ``bias``. CUDA tensors run the Triton kernels; CPU tensors run a
+        ``torch.sparse`` path (or the Triton interpreter when ``TRITON_INTERPRET=1``).
+        Under ``torch.autocast`` the inputs are cast to the autocast dtype first.
+
+    Example:
+        >>> x = torch.randn(8, 3072)
+        >>> indices = torch.stack([torch.randperm(3072)[:307] for _ in range(768)]).int()
+        >>> values = torch.randn(768, 307)
+        >>> condensed_matmul(x, values, indices).shape
+        torch.Size([8, 768])
+    """
+    return _condensed_matmul(x, values, indices, bias, check_index_range=True)
+
+
+def _condensed_matmul(x, values, indices, bias=None, check_index_range=True):
+    """``condensed_matmul`` for callers that already checked the index range (layers
+    validate their indices once, when the pattern is set)."""
+    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, values = x.to(dtype), values.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    _validate(x, values, indices, bias, check_index_range)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    with torch.autocast(x.device.type, enabled=False):
+        if torch.compiler.is_compiling():
+            y = torch.ops.tritonsparse.condensed_matmul(x2, values, indices, bias)
+        else:
+            y = _CondensedMatmul.apply(x2, values, indices, bias)
+    return y.reshape(*lead, values.shape[0])

@@ -1,0 +1,31 @@
+"""Plain-PyTorch versions of every op: the references the kernels are tested against.
+
+These are written for clarity, not speed (they build the dense weight). The fast CPU
+path lives in :mod:`tritonsparse.cpu`.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def condensed_to_dense(values: torch.Tensor, indices: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Dense (n, in_features) weight of a condensed one; repeated indices in a row add up."""
+    dense = torch.zeros(values.shape[0], in_features, dtype=values.dtype, device=values.device)
+    return dense.scatter_add_(1, indices.long(), values)
+
+
+def condensed_matmul_reference(x, values, indices, bias=None):
+    """y[..., j] = sum_k values[j, k] * x[..., indices[j, k]] + bias[j], via the dense weight."""
+    weight = condensed_to_dense(values, indices, x.shape[-1])
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+def condensed_grad_reference(x, values, indices, grad_out):
+    """(dX, dValues) of ``condensed_matmul`` by the dense formulas:
+    dX = dY @ W and dValues[j, k] = (dYᵀ X)[j, indices[j, k]]."""
+    weight = condensed_to_dense(values, indices, x.shape[-1])
+    x2 = x.reshape(-1, x.shape[-1])
+    g2 = grad_out.reshape(-1, grad_out.shape[-1])
+    grad_x = (g2 @ weight).reshape(x.shape)
+    grad_values = (g2.t() @ x2).gather(1, indices.long())
+    return grad_x, grad_values
