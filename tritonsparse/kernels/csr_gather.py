@@ -4,17 +4,35 @@
 
 It serves the condensed dX (through the transposed index structure, where row r is
 input feature r and its nonzeros are the (neuron, slot) pairs that read it) and the CSR
-baseline. Rows may be visited in a given order (``row_order``): sorting rows by length
-puts rows of similar length in one program, so a long row does not keep the other
-BLOCK_N - 1 lanes of its program idle.
+baseline ``csr_matmul`` (forward and dX).
+
+Load balance. A program owns BLOCK_N rows and loops to the longest of them, so rows of
+unequal length waste lanes. Two remedies, both host-side, computed once per pattern in a
+:class:`GatherPlan` (see :func:`make_plan`):
+  * rows are visited in order of decreasing length (``row_order``), so a program holds
+    rows of similar length;
+  * rows much longer than the mean (> ``SPLIT_FACTOR`` x mean) are split into segments of
+    ``seg_len`` nonzeros. The same kernel reduces each segment into an fp32 workspace laid
+    out (B, S, n_long) (S = segments of the longest split row; shorter rows pad with empty
+    segments), and a sum over S finishes those rows. No atomics: the result is
+    deterministic.
+The kernel reads row r's nonzeros from ``starts[r]`` to ``ends[r]``: for plain rows these
+are ``crow`` and ``crow[1:]``, for segments two arrays of the plan.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import torch
 import triton
 import triton.language as tl
 
-from .._triton import autotune, batch_bucket
+from .._triton import autotune, batch_bucket, next_power_of_2
 from ._configs import gather_configs, prune_gather_configs
+
+SPLIT_FACTOR = 8  # rows longer than this many times the mean length are split
+MIN_SEGMENT = 256  # ... and longer than one segment, which holds at least this many nonzeros
+MAX_SEGMENTS = 64  # segments per split row at most (bounds the workspace)
 
 
 @autotune(
@@ -24,7 +42,7 @@ from ._configs import gather_configs, prune_gather_configs
 )
 @triton.jit
 def _csr_gather_kernel(
-    inT_ptr, ptr_ptr, col_ptr, val_ptr, order_ptr, bias_ptr, out_ptr,
+    inT_ptr, starts_ptr, ends_ptr, col_ptr, val_ptr, order_ptr, bias_ptr, out_ptr,
     B, n_rows, avg_len, b_bucket,
     stride_in_r,
     stride_out_b, stride_out_r,
@@ -43,8 +61,8 @@ def _csr_gather_kernel(
     cols_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     b_mask = cols_b < B
 
-    start = tl.load(ptr_ptr + rows64, mask=row_mask, other=0).to(tl.int64)
-    length = tl.load(ptr_ptr + rows64 + 1, mask=row_mask, other=0).to(tl.int64) - start
+    start = tl.load(starts_ptr + rows64, mask=row_mask, other=0).to(tl.int64)
+    length = tl.load(ends_ptr + rows64, mask=row_mask, other=0).to(tl.int64) - start
     max_len = tl.max(length, axis=0)
 
     acc = tl.zeros((BLOCK_N, BLOCK_B), dtype=tl.float32)
@@ -64,26 +82,122 @@ def _csr_gather_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & b_mask[None, :])
 
 
-def csr_gather(inT, crow, col, val, out, bias=None, row_order=None):
+class GatherPlan(NamedTuple):
+    """How to visit the rows of one CSR pattern (see the module docstring)."""
+
+    order: torch.Tensor  # (n_plain,) int32: rows not split, longest first
+    long_rows: torch.Tensor  # (n_long,) int64: rows split into segments, longest first
+    seg_start: torch.Tensor  # (S * n_long,) nnz offsets, segment s of long row i at s * n_long + i
+    seg_end: torch.Tensor  # (S * n_long,) padding segments have start == end
+    n_segments: int  # S
+    seg_len: int
+
+
+def make_plan(crow: torch.Tensor, split_factor: float | None = None, min_segment: int | None = None) -> GatherPlan:
+    """The :class:`GatherPlan` of a CSR pattern given by its row pointers (one host sync).
+
+    A row is split when it is longer than ``split_factor`` x the mean row length and
+    longer than one segment; segments hold ``seg_len`` nonzeros, a power of two of at least
+    ``min_segment``, twice the mean, and the longest row / ``MAX_SEGMENTS``.
+    """
+    split_factor = SPLIT_FACTOR if split_factor is None else split_factor
+    min_segment = MIN_SEGMENT if min_segment is None else min_segment
+    crow64 = crow.long()
+    lengths = crow64.diff()
+    n_rows = lengths.numel()
+    mean = float(crow64[-1]) / max(n_rows, 1) if n_rows else 0.0
+    max_len = int(lengths.max()) if n_rows else 0
+    seg_len = max(min_segment, next_power_of_2(int(2 * mean) + 1), next_power_of_2(-(-max_len // MAX_SEGMENTS)))
+    is_long = (lengths > split_factor * mean) & (lengths > seg_len)
+    by_length = torch.argsort(lengths, descending=True, stable=True)
+    long_sorted = is_long[by_length]
+    order = by_length[~long_sorted].to(torch.int32)
+    long_rows = by_length[long_sorted]
+    n_long = long_rows.numel()
+    idx_dtype = crow.dtype
+    if n_long == 0:
+        empty = torch.zeros(0, dtype=idx_dtype, device=crow.device)
+        return GatherPlan(order, long_rows, empty, empty, 0, seg_len)
+    n_segments = -(-int(lengths[long_rows[0]]) // seg_len)
+    s = torch.arange(n_segments, device=crow.device)[:, None]
+    row_start = crow64[long_rows][None, :]
+    row_end = crow64[long_rows + 1][None, :]
+    seg_start = torch.minimum(row_start + s * seg_len, row_end)
+    seg_end = torch.minimum(seg_start + seg_len, row_end)
+    return GatherPlan(order, long_rows, seg_start.reshape(-1).to(idx_dtype), seg_end.reshape(-1).to(idx_dtype),
+                      n_segments, seg_len)
+
+
+def _launch(inT, starts, ends, col, val, out, bias, order, n_rows, avg_len):
+    B = inT.shape[1]
+    if n_rows == 0 or B == 0:
+        return
+    grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_N"]), triton.cdiv(B, meta["BLOCK_B"]))  # noqa: E731
+    _csr_gather_kernel[grid](
+        inT, starts, ends, col, val,
+        order if order is not None else starts,
+        bias if bias is not None else val,
+        out,
+        B, n_rows, max(1, int(avg_len)), batch_bucket(B),
+        inT.stride(0),
+        out.stride(0), out.stride(1),
+        HAS_ORDER=order is not None, HAS_BIAS=bias is not None,
+    )
+
+
+def csr_gather(inT, crow, col, val, out, bias=None, row_order=None, plan: GatherPlan | None = None):
     """Launch the CSR row-gather kernel.
 
     inT: (n_cols, B) contiguous (the dense operand, transposed); crow: (n_rows + 1,);
     col, val: (nnz,) contiguous; out: (B, n_rows), written in full; bias: (n_rows,) or
-    None; row_order: optional (n_rows,) permutation of the rows.
+    None; row_order: optional (n_rows,) permutation of the rows; plan: optional
+    :class:`GatherPlan` of ``crow`` (from :func:`make_plan`), which replaces ``row_order``
+    and splits long rows.
     """
     n_rows = crow.shape[0] - 1
     B = inT.shape[1]
     assert inT.stride(1) == 1 or B == 1
-    avg_len = max(1, col.shape[0] // max(n_rows, 1))
-    grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_N"]), triton.cdiv(B, meta["BLOCK_B"]))  # noqa: E731
-    _csr_gather_kernel[grid](
-        inT, crow, col, val,
-        row_order if row_order is not None else crow,
-        bias if bias is not None else val,
-        out,
-        B, n_rows, avg_len, batch_bucket(B),
-        inT.stride(0),
-        out.stride(0), out.stride(1),
-        HAS_ORDER=row_order is not None, HAS_BIAS=bias is not None,
-    )
+    nnz = col.shape[0]
+    if nnz == 0 or n_rows == 0 or B == 0:  # nothing to gather: the bias alone
+        out.zero_()
+        if bias is not None:
+            out += bias.to(out.dtype)
+        return out
+    avg_len = nnz // max(n_rows, 1)
+    if plan is None:
+        _launch(inT, crow, crow[1:], col, val, out, bias, row_order, n_rows, avg_len)
+        return out
+    _launch(inT, crow, crow[1:], col, val, out, bias, plan.order, plan.order.shape[0], avg_len)
+    n_long = plan.long_rows.shape[0]
+    if n_long:
+        ws = torch.empty(B, plan.n_segments, n_long, dtype=torch.float32, device=out.device)
+        _launch(inT, plan.seg_start, plan.seg_end, col, val, ws.view(B, -1), None, None,
+                plan.seg_start.shape[0], plan.seg_len)
+        acc = ws.sum(1)
+        if bias is not None:
+            acc += bias[plan.long_rows].float()
+        out[:, plan.long_rows] = acc.to(out.dtype)
     return out
+
+
+def _aot_specs():
+    """(kernel, signature, constexprs) for the ahead-of-time compile check: fp32 and bf16
+    with int32 indices: the row-gather with order and bias (CSR forward; the dX and the
+    fp32 segment pass are the same code with less of it) and the bf16 segment pass (fp32
+    workspace). The test merges
+    each config's BLOCK_* in."""
+    specs = []
+    variants = [("fp32", "fp32", True, True), ("bf16", "bf16", True, True), ("bf16", "fp32", False, False)]
+    for dt, out_dt, has_order, has_bias in variants:
+        sig = {
+            "inT_ptr": f"*{dt}", "starts_ptr": "*i32", "ends_ptr": "*i32", "col_ptr": "*i32",
+            "val_ptr": f"*{dt}", "order_ptr": "*i32", "bias_ptr": f"*{dt}", "out_ptr": f"*{out_dt}",
+            "B": "i32", "n_rows": "i32", "avg_len": "i32", "b_bucket": "i32",
+            "stride_in_r": "i32", "stride_out_b": "i32", "stride_out_r": "i32",
+            "HAS_ORDER": "constexpr", "HAS_BIAS": "constexpr",
+        }
+        specs.append((_csr_gather_kernel, sig, {"HAS_ORDER": has_order, "HAS_BIAS": has_bias}))
+    return specs
+
+
+AOT_SPECS = _aot_specs()
