@@ -29,3 +29,23 @@ def condensed_grad_reference(x, values, indices, grad_out):
     grad_x = (g2 @ weight).reshape(x.shape)
     grad_values = (g2.t() @ x2).gather(1, indices.long())
     return grad_x, grad_values
+
+
+def gradient_topk_reference(x, grad_output, k, exclude=None):
+    """Per output row, the ``k`` columns with the largest ``|(grad_outputᵀ x)[row, d]|``
+    (skipping the columns listed in ``exclude`` (out, Kx), negative entries ignored),
+    via the dense (out, in) product in fp32. Ties go to the smaller column. Returns
+    ``(scores fp32, indices int64)``, each (out, k), best first; a row with fewer than
+    ``k`` allowed columns is padded with index -1 and score -inf."""
+    scores = (grad_output.float().t() @ x.float()).abs()
+    out_features, in_features = scores.shape
+    if exclude is not None and exclude.numel():
+        ex = exclude.long()
+        rows = torch.arange(out_features, device=scores.device)[:, None].expand_as(ex)
+        keep = ex >= 0
+        scores[rows[keep], ex[keep]] = -float("inf")
+    # stable sort on the negated scores: equal scores keep ascending column order
+    order = torch.sort(-scores, dim=1, stable=True).indices[:, :k]
+    top = scores.gather(1, order)
+    order = torch.where(top == -float("inf"), torch.full_like(order, -1), order)
+    return top, order

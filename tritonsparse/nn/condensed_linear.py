@@ -29,7 +29,13 @@ class CondensedLinear(nn.Module):
 
     A new layer gets a random pattern (K distinct columns per row) and values drawn
     uniformly in ±1/sqrt(K), the scale ``nn.Linear`` uses for a dense fan-in of K.
+
+    ``capture_hook``: when set (by :mod:`tritonsparse.dst` on the steps it needs them),
+    ``capture_hook(x, y)`` is called on every forward under grad with the matmul input
+    (..., in_features) and the output (..., out_features), before it is returned.
     """
+
+    capture_hook = None
 
     def __init__(self, in_features, out_features, fan_in, bias=True, device=None, dtype=None,
                  index_dtype=None, capacity=None):
@@ -146,9 +152,13 @@ class CondensedLinear(nn.Module):
     # -- forward -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.n_active == self.out_features:
-            return _condensed_matmul(x, self.weight_values, self._indices_view, self.bias, check_index_range=False)
-        y = _condensed_matmul(x, self.weight_values, self._indices_view, check_index_range=False)
-        return scatter_active_rows(y, self.active_rows, self.out_features, self.bias)
+            y = _condensed_matmul(x, self.weight_values, self._indices_view, self.bias, check_index_range=False)
+        else:
+            y = _condensed_matmul(x, self.weight_values, self._indices_view, check_index_range=False)
+            y = scatter_active_rows(y, self.active_rows, self.out_features, self.bias)
+        if self.capture_hook is not None and torch.is_grad_enabled():
+            self.capture_hook(x, y)
+        return y
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, fan_in={self.fan_in}, "

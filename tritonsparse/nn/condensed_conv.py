@@ -1,0 +1,106 @@
+"""``CondensedConv2d``: a 2-D convolution with constant fan-in over C_in·kh·kw (unfold fallback)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from .._validate import FLOAT_DTYPES, check_tensor
+from ..formats import CondensedWeight
+from .condensed_linear import CondensedLinear
+
+
+def _int_pair(name, v, minimum):
+    p = _pair(v)
+    if len(p) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) and i >= minimum for i in p):
+        raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, got {v!r}")
+    return tuple(int(i) for i in p)
+
+
+class CondensedConv2d(CondensedLinear):
+    """Conv2d (groups=1) whose weight, seen as (out_channels, in_channels·kh·kw), has
+    constant fan-in: every active output channel reads exactly ``fan_in`` of the
+    C_in·kh·kw taps.
+
+    This is the **unfold fallback**: the input is unfolded (im2col, ``F.unfold``) into
+    (N·L, C_in·kh·kw) patches and multiplied by the condensed weight with
+    ``condensed_matmul``; there is no direct sparse convolution kernel. The patches
+    take kh·kw times the input's memory. Storage, ``set_pattern``, ablated rows and
+    ``capture_hook`` (which sees the 2-D patches and the (N·L, out) output) are those
+    of :class:`CondensedLinear` with ``in_features = in_channels·kh·kw`` (column
+    ``c·kh·kw + i·kw + j`` is tap (c, i, j), the order of ``conv.weight.reshape(out, -1)``).
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation: as
+            ``nn.Conv2d`` (ints or pairs; padding as numbers, zero padding).
+        fan_in: K, nonzeros per active output channel (1..in_channels·kh·kw).
+        bias, device, dtype, index_dtype, capacity: as :class:`CondensedLinear`.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, fan_in, stride=1, padding=0, dilation=1,
+                 bias=True, device=None, dtype=None, index_dtype=None, capacity=None):
+        kernel_size = _int_pair("kernel_size", kernel_size, 1)
+        self_stride = _int_pair("stride", stride, 1)
+        self_padding = _int_pair("padding", padding, 0)
+        self_dilation = _int_pair("dilation", dilation, 1)
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels} and {out_channels}")
+        super().__init__(in_channels * kernel_size[0] * kernel_size[1], out_channels, fan_in, bias=bias,
+                         device=device, dtype=dtype, index_dtype=index_dtype, capacity=capacity)
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, self_stride, self_padding, self_dilation
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, mask: torch.Tensor | None = None, index_dtype=None):
+        """Condense an ``nn.Conv2d`` whose zero pattern (or ``mask``, shaped like its
+        weight) has the same count of nonzeros in every nonzero output channel."""
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
+        if conv.groups != 1:
+            raise ValueError(f"conv has groups={conv.groups}; CondensedConv2d supports groups=1 only")
+        if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+            raise ValueError(f"conv must use numeric zero padding, got padding={conv.padding!r}, "
+                             f"padding_mode={conv.padding_mode!r}")
+        check_tensor("conv.weight", conv.weight.data, FLOAT_DTYPES, ndim=4)
+        weight = conv.weight.detach().reshape(conv.out_channels, -1)
+        if mask is not None:
+            if tuple(mask.shape) != tuple(conv.weight.shape):
+                raise ValueError(f"mask has shape {tuple(mask.shape)} but conv.weight has shape {tuple(conv.weight.shape)}")
+            mask = mask.reshape(conv.out_channels, -1)
+        cw = CondensedWeight.from_dense(weight, mask, index_dtype)
+        if cw.n_active == 0:
+            raise ValueError("conv has no nonzero weight: nothing to condense")
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, max(cw.fan_in, 1), stride=conv.stride,
+                    padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
+                    device=weight.device, dtype=weight.dtype, index_dtype=cw.indices.dtype)
+        layer.set_pattern(cw.values, cw.indices, cw.active_rows)
+        if conv.bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(conv.bias)
+        return layer
+
+    def to_dense_conv_weight(self) -> torch.Tensor:
+        """The dense (out_channels, in_channels, kh, kw) weight."""
+        return self.to_dense_weight().view(self.out_channels, self.in_channels, *self.kernel_size)
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        out = []
+        for size, k, s, p, d in zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation):
+            out.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
+        return tuple(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must be (N, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
+        n = x.shape[0]
+        h_out, w_out = self.output_size(x.shape[2], x.shape[3])
+        patches = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
+        patches = patches.transpose(1, 2).reshape(n * h_out * w_out, self.in_features)
+        y = super().forward(patches)  # (N·L, out)
+        return y.view(n, h_out * w_out, self.out_channels).transpose(1, 2).reshape(n, self.out_channels, h_out, w_out)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, fan_in={self.fan_in}, active={self.n_active}, "
+                f"bias={self.bias is not None} (unfold fallback)")

@@ -1,0 +1,79 @@
+"""``gradient_topk``: the best regrowth candidates of a layer without its dense gradient."""
+from __future__ import annotations
+
+import torch
+
+from ._triton import backend_for
+from ._validate import FLOAT_DTYPES, check_same_device, check_tensor
+from .reference import gradient_topk_reference
+
+_EXCLUDE_DTYPES = (torch.int16, torch.int32, torch.int64)
+
+
+def gradient_topk(x: torch.Tensor, grad_output: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
+                  precision: str = "tf32"):
+    """Per output row, the ``k`` input columns with the largest ``|(grad_outputᵀ x)[row, d]|``.
+
+    ``grad_outputᵀ x`` is the gradient of the loss with respect to a linear layer's dense
+    weight (out, in); this finds its per-row top-k without writing it: one fused Triton
+    kernel (``tl.dot`` tiles merged into a running per-row top-k), extra memory O(out·k).
+    Gradients accumulated over micro-batches are handled by concatenating them along
+    the batch: the product sums over it.
+
+    Args:
+        x: (B, in_features) layer input (fp32, fp16 or bf16).
+        grad_output: (B, out_features) gradient of the layer output, same dtype as ``x``.
+        k: results per row, 1 <= k <= in_features.
+        exclude: optional (out_features, Kx) int16/int32/int64 columns a row must not
+            return (e.g. its active weights); negative entries are ignored (padding).
+        precision: ``"tf32"`` (tensor cores, default) or ``"ieee"`` for fp32 inputs on
+            GPU; low-precision inputs always accumulate in fp32.
+
+    Returns:
+        ``(scores, indices)``: (out_features, k) fp32 scores, best first, and their int64
+        columns. Equal scores are ordered by ascending column (deterministic). A row with
+        fewer than ``k`` allowed columns is padded with index -1 and score -inf.
+
+    CUDA tensors run the kernel; CPU tensors run the dense reference (or the kernel in
+    Triton's interpreter when ``TRITON_INTERPRET=1``).
+
+    Example:
+        >>> x, gy = torch.randn(64, 300), torch.randn(64, 20)
+        >>> scores, cols = gradient_topk(x, gy, k=5)
+        >>> cols.shape
+        torch.Size([20, 5])
+    """
+    check_tensor("x", x, FLOAT_DTYPES, ndim=2)
+    check_tensor("grad_output", grad_output, FLOAT_DTYPES, ndim=2)
+    if grad_output.shape[0] != x.shape[0]:
+        raise ValueError(f"grad_output has batch {grad_output.shape[0]} but x has batch {x.shape[0]}; "
+                         "they must match (B, out_features) and (B, in_features)")
+    if grad_output.dtype != x.dtype:
+        raise TypeError(f"grad_output has dtype {grad_output.dtype} but x has dtype {x.dtype}; they must match")
+    in_features, out_features = x.shape[1], grad_output.shape[1]
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if not 1 <= k <= in_features:
+        raise ValueError(f"k must be in [1, in_features={in_features}], got {k}")
+    if exclude is not None:
+        check_tensor("exclude", exclude, _EXCLUDE_DTYPES, ndim=2)
+        if exclude.shape[0] != out_features:
+            raise ValueError(f"exclude has {exclude.shape[0]} rows but grad_output has out_features={out_features}; "
+                             "exclude must be (out_features, Kx)")
+        if exclude.numel() and int(exclude.max()) >= in_features:
+            raise ValueError(f"exclude holds {int(exclude.max())}, out of range for in_features={in_features}")
+    if precision not in ("tf32", "ieee"):
+        raise ValueError(f"precision must be 'tf32' or 'ieee', got {precision!r}")
+    check_same_device(x=x, grad_output=grad_output, exclude=exclude)
+    if exclude is not None and exclude.shape[1] == 0:
+        exclude = None
+
+    if backend_for(x.device) == "torch":
+        return gradient_topk_reference(x, grad_output, k, exclude)
+    from .kernels.gradient_topk import gradient_topk as launch
+
+    scores = torch.empty(out_features, k, dtype=torch.float32, device=x.device)
+    indices = torch.empty(out_features, k, dtype=torch.int64, device=x.device)
+    if x.dtype != torch.float32 or x.device.type != "cuda":
+        precision = "ieee"
+    return launch(x, grad_output, k, exclude, scores, indices, precision)
