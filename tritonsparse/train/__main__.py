@@ -1,0 +1,6 @@
+"""``python -m tritonsparse.train``."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

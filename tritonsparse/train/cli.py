@@ -1,0 +1,83 @@
+"""Command line: ``python -m tritonsparse.train`` / ``tritonsparse-train``."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from .trainer import METHODS, SCHEDULES, TrainConfig, train
+
+
+def _floats(s):
+    return tuple(float(v) for v in s.split(",") if v)
+
+
+def _ints(s):
+    return tuple(int(v) for v in s.split(",") if v)
+
+
+def _names(s):
+    return tuple(v for v in s.split(",") if v)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..ift import IFT_KINDS
+    from ..models import MODELS
+    from .data import DATASETS
+
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m tritonsparse.train",
+                                description="Train a dense, static, SET, RigL or SRigL sparse network, optionally "
+                                            "Sparse-IFT transformed, on the condensed constant fan-in layers.")
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", choices=sorted(MODELS), default=d.model)
+    g.add_argument("--hidden", type=_ints, default=d.hidden, help="MLP hidden widths, comma separated (default %(default)s)")
+    g.add_argument("--dataset", choices=DATASETS, default=d.dataset,
+                   help="digits (embedded, no download), cifar10/cifar100 (--data-dir), synthetic")
+    g.add_argument("--data-dir", default=d.data_dir, help="folder holding cifar-10-batches-py / cifar-100-python")
+    g.add_argument("--synthetic-shape", type=_ints, default=d.synthetic_shape, help="C,H,W of the synthetic set")
+    g = p.add_argument_group("sparsity")
+    g.add_argument("--method", choices=METHODS, default=d.method)
+    g.add_argument("--sparsity", type=float, default=d.sparsity)
+    g.add_argument("--distribution", choices=("uniform", "erk"), default=d.distribution)
+    g.add_argument("--ift", choices=IFT_KINDS, default=d.ift, help="Sparse Iso-FLOP Transformation")
+    g.add_argument("--dense-modules", type=_names, default=None,
+                   help="module-name prefixes kept dense (default: the model's stem and head)")
+    g.add_argument("--delta-t", type=int, default=d.delta_t, help="steps between mask updates (ΔT)")
+    g.add_argument("--alpha", type=float, default=d.alpha, help="initial drop fraction α")
+    g.add_argument("--t-end", type=float, default=d.t_end, help="fraction of training after which masks freeze")
+    g.add_argument("--gamma-sal", type=float, default=d.gamma_sal, help="SRigL neuron-ablation threshold γ_sal")
+    g.add_argument("--no-ablation", type=_names, default=d.no_ablation, help="module prefixes never ablated")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--max-steps", type=int, default=d.max_steps, help="stop after this many optimizer steps")
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--momentum", type=float, default=d.momentum)
+    g.add_argument("--nesterov", action="store_true")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
+    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    g.add_argument("--lr-milestones", type=_floats, default=d.lr_milestones,
+                   help="fractions of training where schedule=step multiplies the lr by --lr-gamma")
+    g.add_argument("--lr-gamma", type=float, default=d.lr_gamma)
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--out", default=d.out, help="output folder: metrics, plots, checkpoint")
+    g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    g.add_argument("--plots-dir", default=d.plots_dir, help="also copy the plots here ('' for none)")
+    g.add_argument("--no-progress", dest="progress", action="store_false")
+    g.add_argument("--stop-after-epochs", type=int, default=None,
+                   help="stop after this many epochs of this invocation (continue later with --resume)")
+    return p
+
+
+def main(argv=None) -> int:
+    """Parse ``argv``, train, print the final metrics as JSON."""
+    args = vars(build_parser().parse_args(argv))
+    args["plots_dir"] = args["plots_dir"] or None
+    result = train(TrainConfig(**args))
+    final = {k: v for k, v in result.final.items() if k != "layers"}
+    print(json.dumps(final, indent=1))
+    return 0

@@ -1,0 +1,340 @@
+"""The training loop: dense, static, SET, RigL and SRigL, with or without Sparse-IFT."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import random
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..dst import METHODS as DST_METHODS, DynamicSparsity, sparsify
+from ..ift import IFT_KINDS, count_flops, sparse_ift
+from ..models import MODELS, build_model
+from .data import DATASETS, Dataset, load_dataset
+
+METHODS = ("dense",) + tuple(DST_METHODS)
+SCHEDULES = ("cosine", "step")
+CHECKPOINT = "checkpoint.pt"
+# settings a resumed run must share with the checkpoint (the others may change, e.g. --device)
+_RESUME_KEYS = ("model", "dataset", "method", "sparsity", "distribution", "ift", "epochs", "max_steps", "batch_size",
+                "lr", "schedule", "seed", "delta_t", "alpha", "t_end", "gamma_sal", "hidden")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (the command line's flags; defaults as in the
+    RigL / SRigL papers where they apply: SGD with momentum 0.9, ΔT=100, α=0.3,
+    T_end=0.75, γ_sal=0.3, cosine learning rate)."""
+
+    model: str = "mlp"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    method: str = "srigl"
+    sparsity: float = 0.9
+    distribution: str = "erk"
+    ift: str = "none"
+    dense_modules: tuple | None = None  # None: the model's default_dense_modules (stem, head)
+    hidden: tuple = (256, 256, 256)  # MLP hidden widths
+    epochs: int = 10
+    max_steps: int | None = None
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    lr_milestones: tuple = (0.5, 0.75)  # fractions of training, for schedule="step"
+    lr_gamma: float = 0.1
+    label_smoothing: float = 0.0
+    delta_t: int = 100
+    alpha: float = 0.3
+    t_end: float = 0.75
+    gamma_sal: float = 0.3
+    no_ablation: tuple = ("head",)
+    device: str = "auto"
+    seed: int = 0
+    out: str = "runs/run"
+    resume: bool = False
+    plots_dir: str | None = "plots"
+    progress: bool = True
+    stop_after_epochs: int | None = None  # stop this invocation early (preemptible jobs; tests of --resume)
+    synthetic_shape: tuple = (1, 8, 8)
+
+    def validate(self):
+        """Raise ``ValueError`` naming the first bad setting."""
+        choices = {"model": tuple(MODELS), "dataset": DATASETS, "method": METHODS, "ift": IFT_KINDS,
+                   "distribution": ("uniform", "erk"), "schedule": SCHEDULES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if self.method == "dense" and self.ift != "none":
+            raise ValueError(f"ift={self.ift!r} builds sparse parts: pick a sparse method (static, set, rigl, srigl), "
+                             "not method='dense'")
+        for name in ("epochs", "batch_size", "delta_t"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("alpha", "t_end", "gamma_sal", "momentum"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"``: CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available")
+    return dev
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build(cfg: TrainConfig, data: Dataset, device: torch.device):
+    """Model (with Sparse-IFT and sparsity applied) and the names of its sparse layers."""
+    kwargs = {"hidden": tuple(cfg.hidden)} if cfg.model == "mlp" else {}
+    model = build_model(cfg.model, data.input_shape, data.num_classes, **kwargs)
+    dense_modules = tuple(cfg.dense_modules) if cfg.dense_modules is not None else None
+    if cfg.method == "dense":
+        return model.to(device), None
+    ift = sparse_ift(model, cfg.ift, cfg.sparsity, dense_modules)
+    model = ift.model.to(device)
+    sparsify(model, cfg.sparsity, cfg.method, cfg.distribution, dense_modules=tuple(ift.dense_layers), seed=cfg.seed)
+    return model, ift
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int, steps_per_epoch: int):
+    """Multiplier of the base learning rate at a step: linear warm-up, then cosine to 0
+    or step decay (``lr_gamma`` at each of ``lr_milestones``, fractions of training)."""
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    milestones = [int(m * total_steps) for m in cfg.lr_milestones]
+
+    def f(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "cosine":
+            t = (step - warmup) / max(1, total_steps - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+        return cfg.lr_gamma ** sum(step >= m for m in milestones)
+
+    return f
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """Peak memory since the last reset: CUDA allocated on GPU, process RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "cpu_max_rss"
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset, device, batch_size: int = 512) -> tuple[float, float]:
+    """(mean loss, accuracy) on the test split."""
+    was = model.training
+    model.eval()
+    loss = correct = 0.0
+    n = data.y_test.shape[0]
+    for i in range(0, n, batch_size):
+        x, y = data.batch("test", torch.arange(i, min(n, i + batch_size)), device)
+        out = model(x)
+        loss += F.cross_entropy(out, y, reduction="sum").item()
+        correct += (out.argmax(1) == y).sum().item()
+    model.train(was)
+    return loss / n, correct / n
+
+
+def _rng_state():
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_metrics(out: Path, history: list):
+    (out / "metrics.json").write_text(json.dumps(history, indent=1))
+    scalars = [{k: v for k, v in h.items() if not isinstance(v, dict)} for h in history]
+    with open(out / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(scalars[0]))
+        w.writeheader()
+        w.writerows(scalars)
+    with open(out / "layers.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "layer", "density", "active_neurons", "out_features", "fan_in", "nnz"])
+        for h in history:
+            for name, s in h["layers"].items():
+                w.writerow([h["epoch"], name, s["density"], s["active_neurons"], s["out_features"], s["fan_in"], s["nnz"]])
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the trained model, the per-epoch metrics and the
+    output folder (``metrics.json``/``metrics.csv``/``layers.csv``, plots, checkpoint)."""
+
+    model: nn.Module
+    history: list
+    out: Path
+    dst: DynamicSparsity | None = None
+    ift: object = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train one model as ``cfg`` says; see :class:`TrainConfig` and ``python -m
+    tritonsparse.train --help``. Writes metrics, plots and a checkpoint every epoch to
+    ``cfg.out``; with ``cfg.resume`` continues from that checkpoint, giving the same
+    result as a run that never stopped."""
+    from tqdm.auto import tqdm
+
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.synthetic_shape, cfg.seed)
+    model, ift = build(cfg, data, device)
+
+    n_train = data.y_train.shape[0]
+    drop_last = n_train > cfg.batch_size
+    steps_per_epoch = n_train // cfg.batch_size if drop_last else 1
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.dim() <= 1 and not name.endswith("values") else decay).append(p)
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps, steps_per_epoch))
+    dst = None
+    if cfg.method != "dense":
+        dst = DynamicSparsity(model, optimizer, method=cfg.method, total_steps=total_steps, delta_t=cfg.delta_t,
+                              alpha=cfg.alpha, t_end=cfg.t_end, gamma_sal=cfg.gamma_sal,
+                              no_ablation=tuple(cfg.no_ablation), seed=cfg.seed)
+
+    history, start_epoch, step = [], 0, 0
+    ckpt_path = out / CHECKPOINT
+    if cfg.resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"resume=True but there is no checkpoint at {ckpt_path}")
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        saved = ckpt["config"]
+        diff = [k for k in _RESUME_KEYS if saved.get(k) != cfg.to_dict().get(k)]
+        if diff:
+            raise ValueError(f"resume: the checkpoint in {out} was made with other settings: "
+                             + ", ".join(f"{k}={saved.get(k)!r} (now {cfg.to_dict().get(k)!r})" for k in diff))
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if dst is not None:
+            dst.load_state_dict(ckpt["dst"])
+        history, start_epoch, step = ckpt["history"], ckpt["epoch"], ckpt["step"]
+        _set_rng_state(ckpt["rng"])
+
+    example = data.batch("test", torch.arange(min(2, data.y_test.shape[0])), device)[0]
+    dense_flops = None
+    epochs_run = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        if step >= total_steps or (cfg.stop_after_epochs is not None and epochs_run >= cfg.stop_after_epochs):
+            break
+        model.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)  # data order: a function of (seed, epoch)
+        order = torch.randperm(n_train, generator=gen)
+        n_steps = min(steps_per_epoch, total_steps - step)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        loss_sum = correct = seen = 0.0
+        step_times = []
+        t_epoch = time.perf_counter()
+        bar = tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+                   leave=False, dynamic_ncols=True)
+        for i in bar:
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size] if drop_last else order
+            x, y = data.batch("train", idx, device, gen)
+            t0 = time.perf_counter()
+            out_logits = model(x)
+            loss = F.cross_entropy(out_logits, y, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if dst is not None:
+                dst.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            step_times.append(time.perf_counter() - t0)
+            step += 1
+            loss_sum += loss.item() * y.shape[0]
+            correct += (out_logits.argmax(1) == y).sum().item()
+            seen += y.shape[0]
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.3g}")
+        bar.close()
+        test_loss, test_acc = evaluate(model, data, device)
+        flops = count_flops(model, example)
+        dense_flops = dense_flops or flops.dense_total
+        layers = dst.layer_stats() if dst is not None else {}
+        nnz = sum(s["nnz"] for s in layers.values())
+        numel = sum(s["nnz"] / s["density"] for s in layers.values() if s["density"] > 0)
+        mem, mem_kind = peak_memory_mb(device)
+        record = {
+            "epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
+            "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+            "test_loss": test_loss, "test_acc": test_acc,
+            "sparsity": 1.0 - nnz / numel if numel else 0.0,
+            "active_neurons": sum(s["active_neurons"] for s in layers.values()),
+            "flops_per_example": flops.total, "dense_flops_per_example": flops.dense_total,
+            "step_time_ms": 1000.0 * float(np.median(step_times)) if step_times else float("nan"),
+            "epoch_time_s": time.perf_counter() - t_epoch, "peak_mem_mb": mem, "mem_kind": mem_kind,
+            "device": str(device), "layers": layers,
+        }
+        history.append(record)
+        epochs_run += 1
+        if cfg.progress:
+            tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.3f} | "
+                       f"test loss {test_loss:.4f} acc {test_acc:.3f} | sparsity {record['sparsity']:.3f} | "
+                       f"step {record['step_time_ms']:.1f} ms")
+        _write_metrics(out, history)
+        torch.save({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "dst": dst.state_dict() if dst is not None else None,
+                    "epoch": epoch + 1, "step": step, "history": history, "rng": _rng_state()}, ckpt_path)
+    if history and cfg.plots_dir is not False:
+        from .plots import plot_run
+
+        plot_run(out, cfg.plots_dir)
+    return TrainResult(model, history, out, dst, ift)
