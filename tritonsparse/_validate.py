@@ -46,4 +46,13 @@ def check_indices_in_range(name: str, indices: torch.Tensor, in_features: int):
     lo, hi = index_range(indices)
     if indices.numel() and (lo < 0 or hi >= in_features):
         bad = lo if lo < 0 else hi
-        raise ValueError(f"{name} holds {bad}, out of range for in_features={in_features} (valid: 0..{in_features - 1})")
+        raise ValueError(
+            f"{name} holds {bad}, out of range for in_features={in_features} (x's last dimension; valid: 0..{in_features - 1})")
+
+
+def check_in_features(x, in_features: int):
+    """A layer's input must end in its in_features."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1 or x.shape[-1] != in_features:
+        raise ValueError(f"x has shape {tuple(x.shape)} but the weight has in_features={in_features}; x must be (..., {in_features})")

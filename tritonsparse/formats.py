@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ._cache import cached
-from ._validate import FLOAT_DTYPES, INDEX_DTYPES, check_indices_in_range, check_tensor
+from ._validate import FLOAT_DTYPES, INDEX_DTYPES, check_in_features, check_indices_in_range, check_tensor
 from .reference import condensed_to_dense
 
 
@@ -178,6 +178,7 @@ class CondensedWeight:
         """x @ W.T (+ bias) for x of shape (..., in_features); output (..., out_features)."""
         from .ops import _condensed_matmul
 
+        check_in_features(x, self.shape[1])
         if self.all_rows_active:
             return _condensed_matmul(x, self.values, self.indices, bias, check_index_range=False)
         y_active = _condensed_matmul(x, self.values, self.indices, check_index_range=False)

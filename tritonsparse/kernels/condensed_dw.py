@@ -15,21 +15,27 @@ import triton.language as tl
 from .._triton import autotune, batch_bucket
 
 
+# (BLOCK_N, BLOCK_K, BLOCK_B, num_warps), from an ahead-of-time compile survey for sm_90:
+# no spills, at most ~100 registers per thread. Small BLOCK_B tiles serve small batches.
+_DW_TILES = [
+    (8, 32, 4, 4), (32, 8, 4, 4), (16, 16, 4, 4),
+    (16, 32, 8, 8), (8, 64, 8, 8), (16, 16, 8, 4), (32, 8, 8, 4), (32, 16, 8, 8), (64, 8, 8, 8),
+    (8, 32, 16, 8), (16, 8, 16, 4), (16, 16, 16, 8),
+    (8, 8, 32, 4), (8, 16, 32, 8), (16, 8, 32, 8), (8, 8, 64, 8),
+]
+
+
 def _dw_configs():
-    configs = [triton.Config({"BLOCK_N": 16, "BLOCK_K": 16, "BLOCK_B": 4}, num_warps=4)]
-    # (BLOCK_N, BLOCK_K, BLOCK_B, num_warps); BLOCK_N*BLOCK_K*BLOCK_B <= 128 per thread
-    for bn, bk, bb, w in [
-        (16, 32, 8, 4), (32, 32, 8, 4), (16, 64, 8, 4), (32, 16, 16, 4), (16, 16, 32, 4),
-        (32, 32, 16, 8), (64, 16, 16, 8), (16, 32, 32, 8), (8, 64, 32, 8), (32, 64, 8, 8),
-        (16, 16, 64, 8), (64, 32, 8, 8),
-    ]:
-        configs.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_B": bb}, num_warps=w))
-    return configs
+    def cfg(bn, bk, bb, w):
+        return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_B": bb}, num_warps=w, num_stages=1)
+
+    # the interpreter keeps only the first config
+    return [cfg(16, 16, 4, 4)] + [cfg(*t) for t in _DW_TILES]
 
 
 def _prune_dw(configs, named_args, **kwargs):
     b, k = named_args["b_bucket"], named_args["K"]
-    kept = [c for c in configs[1:] if c.kwargs["BLOCK_B"] <= max(b, 8) and c.kwargs["BLOCK_K"] <= max(triton.next_power_of_2(k), 16)]
+    kept = [c for c in configs[1:] if c.kwargs["BLOCK_B"] <= max(b, 4) and c.kwargs["BLOCK_K"] <= max(triton.next_power_of_2(k), 8)]
     return kept or configs[:1]
 
 
@@ -81,3 +87,16 @@ def condensed_dw(xT, grad_yT, indices, out):
         out.stride(0), out.stride(1),
     )
     return out
+
+
+def _aot_specs():
+    """(autotuner, signature, constexprs) for the ahead-of-time compile check."""
+    ints = {k: "i32" for k in ("B", "n", "K", "b_bucket", "stride_xt_i", "stride_gyt_n", "stride_i_n",
+                                "stride_i_k", "stride_dv_n", "stride_dv_k")}
+    return [
+        (_condensed_dw_kernel, {"xT_ptr": f"*{dt}", "gyT_ptr": f"*{dt}", "indices_ptr": f"*{it}", "dv_ptr": f"*{dt}", **ints}, {})
+        for dt, it in (("fp32", "i32"), ("bf16", "i16"))
+    ]
+
+
+AOT_SPECS = _aot_specs()

@@ -86,3 +86,18 @@ def condensed_fwd(xT, values, indices, bias, out):
         HAS_BIAS=bias is not None,
     )
     return out
+
+
+def _aot_specs():
+    """(autotuner, signature, constexprs) for the ahead-of-time compile check."""
+    ints = {k: "i32" for k in ("B", "n", "K", "b_bucket", "stride_xt_i", "stride_v_n", "stride_v_k",
+                                "stride_i_n", "stride_i_k", "stride_y_b", "stride_y_n")}
+    specs = []
+    for dt, it in (("fp32", "i32"), ("bf16", "i16"), ("fp16", "i32")):
+        sig = {"xT_ptr": f"*{dt}", "values_ptr": f"*{dt}", "indices_ptr": f"*{it}", "bias_ptr": f"*{dt}",
+               "y_ptr": f"*{dt}", **ints}
+        specs.append((_condensed_fwd_kernel, sig, {"HAS_BIAS": True}))
+    return specs
+
+
+AOT_SPECS = _aot_specs()

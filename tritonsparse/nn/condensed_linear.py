@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from .._validate import FLOAT_DTYPES, check_indices_in_range, check_tensor
+from .._validate import FLOAT_DTYPES, check_in_features, check_indices_in_range, check_tensor
 from ..formats import CondensedWeight, default_index_dtype, scatter_active_rows
 from ..ops import _condensed_matmul
 
@@ -151,6 +151,7 @@ class CondensedLinear(nn.Module):
 
     # -- forward -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_in_features(x, self.in_features)
         if self.n_active == self.out_features:
             y = _condensed_matmul(x, self.weight_values, self._indices_view, self.bias, check_index_range=False)
         else:
