@@ -74,6 +74,10 @@ def gradient_topk(x: torch.Tensor, grad_output: torch.Tensor, k: int, exclude: t
 
     scores = torch.empty(out_features, k, dtype=torch.float32, device=x.device)
     indices = torch.empty(out_features, k, dtype=torch.int64, device=x.device)
-    if x.dtype != torch.float32 or x.device.type != "cuda":
+    if x.device.type != "cuda":
+        precision = "ieee"
+        if x.dtype == torch.bfloat16:  # Triton's interpreter multiplies bf16 dot operands as raw bits
+            x, grad_output = x.float(), grad_output.float()
+    elif x.dtype != torch.float32:
         precision = "ieee"
     return launch(x, grad_output, k, exclude, scores, indices, precision)
