@@ -38,7 +38,7 @@ def module_density(m) -> float:
             dense = m.out_channels * m.in_channels * kh * kw
         return m.n_active * m.fan_in / max(dense, 1)
     w = getattr(m, "weight", None)
-    if isinstance(w, torch.Tensor) and w.numel():
+    if isinstance(w, torch.Tensor) and w.numel() and not w.is_meta:
         mask = getattr(m, "mask", None)
         if isinstance(mask, torch.Tensor) and mask.shape == w.shape:
             return float(mask.float().mean())

@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model and data")
     g.add_argument("--model", choices=sorted(MODELS), default=d.model)
     g.add_argument("--hidden", type=_ints, default=d.hidden, help="MLP hidden widths, comma separated (default %(default)s)")
+    g.add_argument("--width", type=int, default=None,
+                   help="ResNet-18 first-stage width (default 64) or ViT embedding dim (default 192)")
     g.add_argument("--dataset", choices=DATASETS, default=d.dataset,
                    help="digits (embedded, no download), cifar10/cifar100 (--data-dir), synthetic")
     g.add_argument("--data-dir", default=d.data_dir, help="folder holding cifar-10-batches-py / cifar-100-python")
@@ -63,10 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     g = p.add_argument_group("run")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--out", default=d.out, help="output folder: metrics, plots, checkpoint")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     g.add_argument("--plots-dir", default=d.plots_dir, help="also copy the plots here ('' for none)")
+    g.add_argument("--no-plots", dest="plots", action="store_false", help="write no plots")
     g.add_argument("--no-progress", dest="progress", action="store_false")
     g.add_argument("--stop-after-epochs", type=int, default=None,
                    help="stop after this many epochs of this invocation (continue later with --resume)")

@@ -26,7 +26,7 @@ SCHEDULES = ("cosine", "step")
 CHECKPOINT = "checkpoint.pt"
 # settings a resumed run must share with the checkpoint (the others may change, e.g. --device)
 _RESUME_KEYS = ("model", "dataset", "method", "sparsity", "distribution", "ift", "epochs", "max_steps", "batch_size",
-                "lr", "schedule", "seed", "delta_t", "alpha", "t_end", "gamma_sal", "hidden")
+                "lr", "schedule", "seed", "delta_t", "alpha", "t_end", "gamma_sal", "hidden", "width")
 
 
 @dataclass
@@ -44,6 +44,7 @@ class TrainConfig:
     ift: str = "none"
     dense_modules: tuple | None = None  # None: the model's default_dense_modules (stem, head)
     hidden: tuple = (256, 256, 256)  # MLP hidden widths
+    width: int | None = None  # ResNet-18 first-stage width (64) / ViT embedding dim (192); None: the default
     epochs: int = 10
     max_steps: int | None = None
     batch_size: int = 128
@@ -62,9 +63,11 @@ class TrainConfig:
     gamma_sal: float = 0.3
     no_ablation: tuple = ("head",)
     device: str = "auto"
+    threads: int | None = None  # CPU threads for torch (None: torch's default)
     seed: int = 0
     out: str = "runs/run"
     resume: bool = False
+    plots: bool = True  # training curves + active neurons per layer into `out` (and `plots_dir`)
     plots_dir: str | None = "plots"
     progress: bool = True
     stop_after_epochs: int | None = None  # stop this invocation early (preemptible jobs; tests of --resume)
@@ -82,6 +85,8 @@ class TrainConfig:
         if self.method == "dense" and self.ift != "none":
             raise ValueError(f"ift={self.ift!r} builds sparse parts: pick a sparse method (static, set, rigl, srigl), "
                              "not method='dense'")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         for name in ("epochs", "batch_size", "delta_t"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -116,6 +121,8 @@ def seed_everything(seed: int):
 def build(cfg: TrainConfig, data: Dataset, device: torch.device):
     """Model (with Sparse-IFT and sparsity applied) and the names of its sparse layers."""
     kwargs = {"hidden": tuple(cfg.hidden)} if cfg.model == "mlp" else {}
+    if cfg.width is not None and cfg.model != "mlp":
+        kwargs["width" if cfg.model == "resnet18" else "dim"] = int(cfg.width)
     model = build_model(cfg.model, data.input_shape, data.num_classes, **kwargs)
     dense_modules = tuple(cfg.dense_modules) if cfg.dense_modules is not None else None
     if cfg.method == "dense":
@@ -222,6 +229,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     cfg.validate()
     device = resolve_device(cfg.device)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
@@ -333,7 +342,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         torch.save({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "dst": dst.state_dict() if dst is not None else None,
                     "epoch": epoch + 1, "step": step, "history": history, "rng": _rng_state()}, ckpt_path)
-    if history and cfg.plots_dir is not False:
+    if history and cfg.plots:
         from .plots import plot_run
 
         plot_run(out, cfg.plots_dir)
