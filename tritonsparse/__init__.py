@@ -4,6 +4,7 @@ from .ops import condensed_matmul
 from .topk import gradient_topk
 from .csr import csr_matmul  # noqa: F401  (CSR baseline)
 from . import nn  # noqa: F401  (tritonsparse.nn.CondensedLinear)
+from .export import export  # noqa: F401  (trained sparse model -> inference model; tritonsparse.ift/models/train are subpackages)
 
 __version__ = "0.1.0"
 
