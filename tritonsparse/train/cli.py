@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("sparsity")
     g.add_argument("--method", choices=METHODS, default=d.method)
     g.add_argument("--sparsity", type=float, default=d.sparsity)
-    g.add_argument("--distribution", choices=("uniform", "erk"), default=d.distribution)
+    g.add_argument("--distribution", choices=("auto", "uniform", "erk"), default=d.distribution,
+                   help="layer densities; auto: erk, or uniform with --ift (iso-FLOP, as in Sparse-IFT)")
     g.add_argument("--ift", choices=IFT_KINDS, default=d.ift, help="Sparse Iso-FLOP Transformation")
     g.add_argument("--dense-modules", type=_names, default=None,
                    help="module-name prefixes kept dense (default: the model's stem and head)")

@@ -40,7 +40,7 @@ class TrainConfig:
     data_dir: str | None = None
     method: str = "srigl"
     sparsity: float = 0.9
-    distribution: str = "erk"
+    distribution: str = "auto"  # "auto": ERK, or uniform with a Sparse-IFT (the paper's iso-FLOP setting)
     ift: str = "none"
     dense_modules: tuple | None = None  # None: the model's default_dense_modules (stem, head)
     hidden: tuple = (256, 256, 256)  # MLP hidden widths
@@ -76,7 +76,7 @@ class TrainConfig:
     def validate(self):
         """Raise ``ValueError`` naming the first bad setting."""
         choices = {"model": tuple(MODELS), "dataset": DATASETS, "method": METHODS, "ift": IFT_KINDS,
-                   "distribution": ("uniform", "erk"), "schedule": SCHEDULES}
+                   "distribution": ("auto", "uniform", "erk"), "schedule": SCHEDULES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
@@ -129,7 +129,8 @@ def build(cfg: TrainConfig, data: Dataset, device: torch.device):
         return model.to(device), None
     ift = sparse_ift(model, cfg.ift, cfg.sparsity, dense_modules)
     model = ift.model.to(device)
-    sparsify(model, cfg.sparsity, cfg.method, cfg.distribution, dense_modules=tuple(ift.dense_layers), seed=cfg.seed)
+    distribution = cfg.distribution if cfg.distribution != "auto" else ("erk" if cfg.ift == "none" else "uniform")
+    sparsify(model, cfg.sparsity, cfg.method, distribution, dense_modules=tuple(ift.dense_layers), seed=cfg.seed)
     return model, ift
 
 
