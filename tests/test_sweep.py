@@ -1,0 +1,106 @@
+"""Smoke test of benchmarks/sweep.py: the whole script on a tiny grid (CSV, plots,
+re-plotting, README table, --help), so it never rots."""
+import csv
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "sweep.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("sweep", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(*args):
+    env = {k: v for k, v in os.environ.items() if k != "TRITONSPARSE_BACKEND"}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
+                          timeout=110, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    res = _run("--quick", "--shapes", "64x96", "--sparsities", "0.5,0.9", "--batches", "1,4",
+               "--min-time", "0", "--threads", "1", "--no-progress",
+               "--out-dir", str(out / "results"), "--plot-dir", str(out / "plots"))
+    assert res.returncode == 0, res.stderr
+    files = list((out / "results").glob("sweep_*.csv"))
+    assert len(files) == 1
+    return out, res, files[0]
+
+
+def test_csv_is_tidy_and_complete(sweep):
+    _, res, path = sweep
+    mod = _load()
+    assert path.name.startswith("sweep_cpu_custom_")  # names the device and the grid
+    rows = list(csv.DictReader(open(path)))
+    assert list(rows[0].keys()) == mod.FIELDS
+    # dense once per (dtype, mode, batch); five sparse methods per sparsity
+    assert len(rows) == 2 * 2 * 2 * (1 + 2 * 5)
+    assert {r["device_type"] for r in rows} == {"cpu"} and {r["threads"] for r in rows} == {"1"}
+    ok = [r for r in rows if r["status"] == "ok"]
+    for r in ok:
+        assert float(r["q25_ms"]) <= float(r["median_ms"]) <= float(r["q75_ms"])
+        assert float(r["gbps"]) > 0 and float(r["tflops"]) > 0
+        assert r["torch_version"] and r["triton_version"] and r["device_name"]
+    measured = {(r["method"], r["dtype"]) for r in ok}
+    assert {("dense", "fp32"), ("condensed_torch", "fp32"), ("torch_csr", "fp32"), ("structured", "bf16"),
+            ("condensed_torch", "bf16")} <= measured
+    # never time the interpreter: without a GPU the Triton methods are skipped, and say why
+    for r in rows:
+        if r["method"] in ("condensed_triton", "csr_triton"):
+            assert r["status"].startswith("skipped: no GPU")
+    assert "skipped" in res.stderr and "no GPU" in res.stderr
+    # the sanity check of each forward against the dense product
+    assert all(float(r["max_rel_err"]) < 3e-2 for r in ok if r["max_rel_err"])
+
+
+def test_plots_and_replot(sweep, tmp_path):
+    out, res, path = sweep
+    plots = sorted(p.name for p in (out / "plots").glob("*.png"))
+    kinds = ["speedup_vs_sparsity_64x96_forward", "speedup_vs_sparsity_64x96_train", "speedup_vs_batch_s90_forward",
+             "speedup_vs_batch_s90_train", "bandwidth_b1_forward"]
+    assert plots == sorted(f"{path.stem}_{k}.png" for k in kinds)
+    assert _load().main(["--plot-only", str(path), "--plot-dir", str(tmp_path)]) == 0  # old results re-plot
+    assert len(list(tmp_path.glob("*.png"))) == len(kinds)
+
+
+def test_readme_table(sweep, capsys):
+    _, _, path = sweep
+    assert _load().main(["--readme-table", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "at 90% sparsity" in text and "CPU" in text and "| dense (ms) |" in text
+    assert text.count("| 64->96 |") == 2 * 2 * 2
+    assert "Not measured:" in text and "`condensed_triton`" in text
+
+
+def test_help_and_bad_arguments(capsys):
+    mod = _load()
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "--quick" in out and "--plot-only" in out
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--dtypes", "fp64"])
+    assert e.value.code != 0 and "dtypes" in capsys.readouterr().err
+
+
+def test_cost_model():
+    mod = _load()
+    import torch
+
+    p = mod.Problem(64, 96, 0.75, torch.float32, torch.device("cpu"), mod.make_pattern(64, 96, 0.75, "cpu"))
+    assert p.fan_in == 16 and p.nnz == 96 * 16
+    flops, nbytes = p.cost("condensed_torch", 8, "forward")
+    assert flops == 2 * 8 * 96 * 16
+    assert nbytes == 96 * 16 * (4 + 2) + 4 * 8 * (64 + 96)  # values + int16 indices, x and y
+    assert p.cost("dense", 8, "train")[0] == 3 * 2 * 8 * 64 * 96
