@@ -51,7 +51,7 @@ def plot_active_neurons(history: list, path: Path, title: str = ""):
         for name in layers:
             frac = [100 * h["layers"][name]["active_neurons"] / h["layers"][name]["out_features"] for h in history]
             ax1.plot(epochs, frac, label=name)
-        ax1.set(xlabel="epoch", ylabel="active neurons (%)", title="active neurons per layer")
+        ax1.set(xlabel="epoch", ylabel="active neurons (%)", title="active neurons per layer", ylim=(0, 105))
         if len(layers) <= 12:
             ax1.legend(fontsize=7)
         last = history[-1]["layers"]
