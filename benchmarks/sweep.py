@@ -404,7 +404,7 @@ def _nearest(values, target):
 def _device_label(rows):
     r = rows[0]
     if r["device_type"] == "cpu":
-        return f"CPU ({r['device_name']}, {r['threads']} threads)"
+        return f"CPU ({r['device_name']}, {r['threads']} thread{'s' if r['threads'] != '1' else ''})"
     return r["device_name"]
 
 
@@ -435,7 +435,8 @@ def plot_results(csv_path, plot_dir=ROOT / "plots"):
     methods = [m for m in METHODS if any(r["method"] == m for r in sp)]
 
     def grid(n_cols, width):
-        return plt.subplots(len(dtypes), n_cols, figsize=(width * n_cols, 2.7 * len(dtypes)), squeeze=False, sharey=True)
+        return plt.subplots(len(dtypes), n_cols, figsize=(max(5.5, width * n_cols), 2.7 * len(dtypes)),
+                            squeeze=False, sharey=True)
 
     def lines(ax, pts_of, log_y=True):
         for m in methods:
