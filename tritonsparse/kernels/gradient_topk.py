@@ -45,7 +45,7 @@ def _configs():
     configs = [triton.Config({"BLOCK_M": 16, "BLOCK_D": 16, "BLOCK_B": 16}, num_warps=4, num_stages=2)]
     # (BLOCK_M, BLOCK_D, BLOCK_B, num_warps); two stages and BLOCK_B <= 32: more spills
     for bm, bd, bb, w in [(16, 64, 32, 4), (32, 64, 32, 8), (32, 128, 32, 8),
-                          (16, 32, 32, 8), (16, 32, 32, 16)]:  # for long top-k lists (KP 128, 256)
+                          (16, 32, 32, 8)]:  # for long top-k lists (KP 128)
         configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_D": bd, "BLOCK_B": bb}, num_warps=w, num_stages=2))
     return configs
 
