@@ -44,7 +44,10 @@ def condensed_fwd(x2, values, indices, bias):
     n = values.shape[0]
     crow, col = _forward_pattern(indices)
     w = _csr(crow, col, values.reshape(-1).float(), (n, x2.shape[1]))
-    y = torch.sparse.mm(w, x2.t().float().contiguous()).t()
+    if x2.shape[0] == 1:  # MKL's sparse matrix-vector product beats its (n, 1) matmul
+        y = torch.mv(w, x2[0].float()).unsqueeze(0)
+    else:
+        y = torch.sparse.mm(w, x2.t().float().contiguous()).t()
     if bias is not None:
         y = y + bias.float()
     return y.to(x2.dtype).contiguous()
@@ -53,8 +56,8 @@ def condensed_fwd(x2, values, indices, bias):
 def condensed_dx(grad2, values, indices, in_features):
     """grad2: (B, n) -> dX (B, in_features) = grad2 @ W."""
     crow, rows, perm = transpose_structure(indices, in_features)
-    vals = values.reshape(-1).float()[perm]
-    wt = _csr(crow.to(torch.int64), rows.to(torch.int64), vals, (in_features, values.shape[0]))
+    vals = values.reshape(-1).float().index_select(0, perm)  # index_select: ~3x faster than v[perm] here
+    wt = _csr(crow, rows, vals, (in_features, values.shape[0]))
     return torch.sparse.mm(wt, grad2.t().float().contiguous()).t().to(grad2.dtype).contiguous()
 
 
@@ -64,6 +67,9 @@ def condensed_dw(grad2, x2, indices, out_dtype):
     out = torch.empty(n, k, dtype=out_dtype, device=x2.device)
     if n == 0 or k == 0:
         return out
+    if x2.shape[0] == 1:  # one sample: dValues = g[j] * x[indices[j, k]], a gather beats the dense product
+        xs = x2[0].float().index_select(0, indices.reshape(-1).long()).view(n, k)
+        return (xs * grad2[0].float()[:, None]).to(out_dtype)
     gt = grad2.t().float()
     xf = x2.float()
     idx = indices.long()
