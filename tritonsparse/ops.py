@@ -17,19 +17,25 @@ from .formats import transpose_structure
 
 # -- implementations on 2-D inputs (x2: (B, in_features)) ----------------------------------
 def _forward(x2, values, indices, bias):
+    """Returns ``(y, x_saved, transposed)``: what the backward needs of x is x2 itself on the
+    torch path, and its batch-contiguous transpose (in_features, B) on the Triton path, which
+    the forward builds anyway, so the backward does not transpose x again."""
     if backend_for(x2.device) == "torch":
-        return cpu.condensed_fwd(x2, values, indices, bias)
+        return cpu.condensed_fwd(x2, values, indices, bias), x2, False
     from .kernels.condensed_fwd import condensed_fwd
 
+    x_t = x2.t().contiguous()
     out = torch.empty(x2.shape[0], values.shape[0], dtype=x2.dtype, device=x2.device)
-    return condensed_fwd(x2.t().contiguous(), values, indices, bias, out)
+    return condensed_fwd(x_t, values, indices, bias, out), x_t, True
 
 
-def _backward(grad2, x2, values, indices, need_x: bool, need_values: bool):
-    """(dX, dValues); an entry not needed is an empty tensor."""
-    in_features = x2.shape[1]
-    grad_x = grad_values = x2.new_empty(0)
-    if backend_for(x2.device) == "torch":
+def _backward(grad2, x_saved, transposed, values, indices, need_x: bool, need_values: bool):
+    """(dX, dValues) with dX of shape (B, in_features); an entry not needed is an empty tensor."""
+    in_features = x_saved.shape[0] if transposed else x_saved.shape[1]
+    batch = grad2.shape[0]
+    grad_x = grad_values = x_saved.new_empty(0)
+    if backend_for(x_saved.device) == "torch":
+        x2 = x_saved.t() if transposed else x_saved
         if need_x:
             grad_x = cpu.condensed_dx(grad2, values, indices, in_features)
         if need_values:
@@ -41,12 +47,13 @@ def _backward(grad2, x2, values, indices, need_x: bool, need_values: bool):
     grad_t = grad2.t().contiguous()  # (n, B): the batch is contiguous for both gathers
     if need_x:
         crow, rows, perm = transpose_structure(indices, in_features)
-        vals_t = values.reshape(-1)[perm]
-        grad_x = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device)
+        vals_t = values.reshape(-1).index_select(0, perm)
+        grad_x = torch.empty(batch, in_features, dtype=grad2.dtype, device=grad2.device)
         csr_gather(grad_t, crow, rows, vals_t, grad_x)
     if need_values:
+        x_t = x_saved if transposed else x_saved.t().contiguous()
         grad_values = torch.empty(values.shape, dtype=values.dtype, device=values.device)
-        condensed_dw(x2.t().contiguous(), grad_t, indices, grad_values)
+        condensed_dw(x_t, grad_t, indices, grad_values)
     return grad_x, grad_values
 
 
@@ -57,24 +64,26 @@ def _grad_bias(grad2, dtype):
 class _CondensedMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2, values, indices, bias):
-        ctx.save_for_backward(x2, values, indices)
+        y, x_saved, transposed = _forward(x2, values, indices, bias)
+        ctx.save_for_backward(x_saved, values, indices)
+        ctx.transposed = transposed
         ctx.has_bias = bias is not None
-        return _forward(x2, values, indices, bias)
+        return y
 
     @staticmethod
     def backward(ctx, grad):
-        x2, values, indices = ctx.saved_tensors
+        x_saved, values, indices = ctx.saved_tensors
         need_x, need_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad = grad.contiguous()
-        gx, gv = _backward(grad, x2, values, indices, need_x, need_values)
-        gb = _grad_bias(grad, x2.dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        gx, gv = _backward(grad, x_saved, ctx.transposed, values, indices, need_x, need_values)
+        gb = _grad_bias(grad, grad.dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None
         return (gx if need_x else None), (gv if need_values else None), None, gb
 
 
 # -- torch.library registration (used while torch.compile traces) --------------------------
 @torch.library.custom_op("tritonsparse::condensed_matmul", mutates_args=())
 def _condensed_matmul_op(x2: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return _forward(x2, values, indices, bias)
+    return _forward(x2, values, indices, bias)[0]
 
 
 @_condensed_matmul_op.register_fake
@@ -86,8 +95,7 @@ def _(x2, values, indices, bias):
 def _condensed_matmul_backward_op(
     grad2: torch.Tensor, x2: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, need_x: bool, need_values: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    gx, gv = _backward(grad2.contiguous(), x2, values, indices, need_x, need_values)
-    return gx.clone() if gx is x2 else gx, gv
+    return _backward(grad2.contiguous(), x2, False, values, indices, need_x, need_values)
 
 
 @_condensed_matmul_backward_op.register_fake
