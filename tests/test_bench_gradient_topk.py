@@ -1,0 +1,62 @@
+"""Smoke test of benchmarks/bench_gradient_topk.py: ``--quick`` on the CPU into a temp dir
+(CSV columns and rows, the Triton kernel skipped and never interpreted), and ``--help``."""
+import csv
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "bench_gradient_topk.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_gradient_topk", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quick_csv(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITONSPARSE_BACKEND", "TRITON_INTERPRET")}
+    res = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--threads", "1",
+                          "--min-time", "0", "--out-dir", str(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    files = list(tmp_path.glob("gradient_topk_cpu_quick_*.csv"))
+    assert len(files) == 1 and res.stdout.strip() == str(files[0])
+    assert "[gradient_topk] 1/" in res.stderr  # progress lines
+
+    mod = _load()
+    rows = list(csv.DictReader(open(files[0])))
+    assert list(rows[0].keys()) == mod.FIELDS
+    shapes, batches, dtypes = (len(mod.QUICK[k].split(",")) for k in ("shapes", "batches", "dtypes"))
+    assert len(rows) == shapes * batches * dtypes * len(mod.METHODS)
+    assert {r["method"] for r in rows} == set(mod.METHODS) and {r["dtype"] for r in rows} == {"fp32", "bf16"}
+    for r in rows:
+        assert r["device_type"] == "cpu" and r["threads"] == "1"
+        assert r["torch_version"] and r["triton_version"] and r["device_name"]
+        in_f = int(r["in_features"])
+        assert int(r["k"]) == round(0.1 * in_f) and int(r["exclude_k"]) == round(0.1 * in_f)
+        assert float(r["input_mem_mib"]) > 0
+        if r["method"] == "fused_triton":  # never time the interpreter
+            assert r["status"].startswith("skipped: no GPU") and not r["median_ms"]
+        else:
+            assert r["status"] == "ok"
+            assert float(r["q25_ms"]) <= float(r["median_ms"]) <= float(r["q75_ms"]) and int(r["reps"]) >= 5
+            assert r["peak_mem_mib"] == ""  # CUDA-only measurement
+            assert float(r["score_rel_err"]) < (1e-5 if r["dtype"] == "fp32" else 2e-2)
+
+
+def test_help_and_bad_arguments(capsys):
+    mod = _load()
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "--quick" in out and "--out-dir" in out
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--methods", "cusparse"])
+    assert e.value.code != 0 and "methods" in capsys.readouterr().err
