@@ -33,3 +33,15 @@ def reference_outputs(x, values, indices, bias, grad_out):
     gx, gv = condensed_grad_reference(xd, vd, indices, grad_out.double())
     gb = grad_out.double().reshape(-1, grad_out.shape[-1]).sum(0)
     return y, gx, gv, gb
+
+
+def load_script(path):
+    """Import a benchmark script (not a package module) by file path."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

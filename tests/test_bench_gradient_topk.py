@@ -1,7 +1,6 @@
 """Smoke test of benchmarks/bench_gradient_topk.py: ``--quick`` on the CPU into a temp dir
 (CSV columns and rows, the Triton kernel skipped and never interpreted), and ``--help``."""
 import csv
-import importlib.util
 import os
 import subprocess
 import sys
@@ -9,15 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "bench_gradient_topk.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_gradient_topk", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT)
 
 
 def test_quick_csv(tmp_path):

@@ -1,7 +1,6 @@
 """Smoke test of benchmarks/sweep.py: the whole script on a tiny grid (CSV, plots,
 re-plotting, README table, --help), so it never rots."""
 import csv
-import importlib.util
 import os
 import subprocess
 import sys
@@ -9,15 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "sweep.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("sweep", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT)
 
 
 def _run(*args):
