@@ -185,3 +185,14 @@ def test_gpu_every_config(kernel):
     finally:
         tuner.configs = saved
         tuner.cache.clear()
+
+
+@pytest.mark.parametrize("batch, padded", [(1, 1), (7, 7), (16, 16), (17, 32), (40, 48), (64, 64)])
+def test_batch_major_pads_past_16(batch, padded):
+    from tritonsparse.ops import _batch_major
+
+    x = torch.randn(batch, 5)
+    t = _batch_major(x)
+    assert t.shape == (5, padded) and t.stride(1) == 1 or batch == 1
+    torch.testing.assert_close(t[:, :batch], x.t())
+    assert (t[:, batch:] == 0).all()
