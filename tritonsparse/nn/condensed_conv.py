@@ -1,12 +1,13 @@
-"""``CondensedConv2d``: a 2-D convolution with constant fan-in over C_in·kh·kw (unfold fallback)."""
+"""``CondensedConv2d``: a 2-D convolution with constant fan-in over C_in·kh·kw (implicit
+im2col on the Triton backend, unfold fallback on the torch backend)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
 from .._validate import FLOAT_DTYPES, check_tensor
+from ..conv_ops import condensed_conv2d, nchw_to_rows, output_size, rows_to_nchw, unfold_rows, uses_implicit
 from ..formats import CondensedWeight
 from .condensed_linear import CondensedLinear
 
@@ -23,13 +24,22 @@ class CondensedConv2d(CondensedLinear):
     constant fan-in: every active output channel reads exactly ``fan_in`` of the
     C_in·kh·kw taps.
 
-    This is the **unfold fallback**: the input is unfolded (im2col, ``F.unfold``) into
-    (N·L, C_in·kh·kw) patches and multiplied by the condensed weight with
-    ``condensed_matmul``; there is no direct sparse convolution kernel. The patches
-    take kh·kw times the input's memory. Storage, ``set_pattern``, ablated rows and
-    ``capture_hook`` (which sees the 2-D patches and the (N·L, out) output) are those
-    of :class:`CondensedLinear` with ``in_features = in_channels·kh·kw`` (column
-    ``c·kh·kw + i·kw + j`` is tap (c, i, j), the order of ``conv.weight.reshape(out, -1)``).
+    Two paths, chosen per call by :func:`tritonsparse.conv_ops.condensed_conv2d`:
+
+    * Triton backend (CUDA, or CPU under ``TRITON_INTERPRET=1``): **implicit im2col**.
+      The forward and the values gradient gather the taps straight from x; the unfolded
+      input is not built. dX is the condensed dX of the unfolded output gradient
+      followed by ``F.fold`` (one unfolded-sized gradient in the backward).
+    * torch backend (CPU) and ``torch.compile`` traces: the **unfold fallback**, the input
+      unfolded (``F.unfold``) into (N·L, C_in·kh·kw) patches and multiplied by the
+      condensed weight with ``condensed_matmul``; the patches take kh·kw times the
+      input's memory.
+
+    Storage, ``set_pattern`` and ablated rows are those of :class:`CondensedLinear` with
+    ``in_features = in_channels·kh·kw`` (column ``c·kh·kw + i·kw + j`` is tap (c, i, j),
+    the order of ``conv.weight.reshape(out, -1)``). ``capture_hook`` sees the 2-D
+    patches (N·L, C_in·kh·kw) and the (N·L, out) output on both paths; on the implicit
+    path the patches are unfolded only while a hook is set (DST update steps).
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation: as
@@ -85,22 +95,32 @@ class CondensedConv2d(CondensedLinear):
         return self.to_dense_weight().view(self.out_channels, self.in_channels, *self.kernel_size)
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
-        out = []
-        for size, k, s, p, d in zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation):
-            out.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
-        return tuple(out)
+        return output_size((h, w), self.kernel_size, self.stride, self.padding, self.dilation)
+
+    def _geometry(self):
+        return self.kernel_size, self.stride, self.padding, self.dilation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be (N, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
         n = x.shape[0]
-        h_out, w_out = self.output_size(x.shape[2], x.shape[3])
-        patches = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
-        patches = patches.transpose(1, 2).reshape(n * h_out * w_out, self.in_features)
-        y = super().forward(patches)  # (N·L, out)
-        return y.view(n, h_out * w_out, self.out_channels).transpose(1, 2).reshape(n, self.out_channels, h_out, w_out)
+        out_hw = self.output_size(x.shape[2], x.shape[3])
+        if not uses_implicit(x):  # unfold fallback: CondensedLinear on the patches (hook included)
+            return rows_to_nchw(super().forward(unfold_rows(x, *self._geometry())), n, out_hw)
+        full = self.n_active == self.out_features
+        y = condensed_conv2d(x, self.weight_values, self._indices_view, self.bias if full else None, *self._geometry())
+        if not full:  # ablated channels output the bias alone
+            y = y.new_zeros(n, self.out_features, *out_hw).index_copy(1, self.active_rows, y)
+            if self.bias is not None:
+                y = y + self.bias.view(1, -1, 1, 1)
+        if self.capture_hook is not None and torch.is_grad_enabled():
+            # the hook wants (N·L, in) patches and an (N·L, out) output whose gradient it records
+            y2 = nchw_to_rows(y)
+            self.capture_hook(unfold_rows(x, *self._geometry()), y2)
+            y = rows_to_nchw(y2, n, out_hw)
+        return y
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, fan_in={self.fan_in}, active={self.n_active}, "
-                f"bias={self.bias is not None} (unfold fallback)")
+                f"bias={self.bias is not None}")

@@ -1,0 +1,118 @@
+"""Condensed 2-D convolution (groups=1, zero padding): backend dispatch and autograd.
+
+The weight is condensed over the unfolded axis C_in·kh·kw (column ``c·kh·kw + i·kw + j``
+is tap (c, i, j), the order of ``conv.weight.reshape(out, -1)``).
+
+* ``backend_for(x.device) == "triton"`` (CUDA, or the interpreter): **implicit im2col**.
+  The forward and dValues read the taps straight from x
+  (:mod:`tritonsparse.kernels.condensed_conv`); the unfolded input is never built. dX is
+  still the condensed dX of the unfolded gradient ((B·L, n) -> (B·L, C_in·kh·kw), the
+  condensed matmul's CSR gather) followed by ``F.fold``, so the backward does hold one
+  unfolded-sized gradient.
+* ``"torch"`` (CPU), and while ``torch.compile`` traces: **unfold fallback**, ``F.unfold``
+  into (B·L, C_in·kh·kw) patches and ``condensed_matmul`` (whose registered op is what
+  compiled graphs keep).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._triton import backend_for
+from ._validate import FLOAT_DTYPES, check_same_device, check_tensor
+from .ops import _backward as _matmul_backward
+from .ops import _condensed_matmul, _grad_bias
+
+
+def output_size(hw, kernel_size, stride, padding, dilation):
+    """(OH, OW) of a convolution of an (H, W) input."""
+    return tuple((s + 2 * p - d * (k - 1) - 1) // st + 1
+                 for s, k, st, p, d in zip(hw, kernel_size, stride, padding, dilation))
+
+
+def unfold_rows(x, kernel_size, stride, padding, dilation):
+    """im2col of x (B, C, H, W) as 2-D rows: (B·OH·OW, C·kh·kw), one row per output pixel."""
+    patches = F.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)  # (B, CKK, L)
+    return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+
+
+def rows_to_nchw(y2, batch, out_hw):
+    """(B·OH·OW, n) rows back to a contiguous (B, n, OH, OW) map."""
+    oh, ow = out_hw
+    return y2.view(batch, oh * ow, y2.shape[-1]).transpose(1, 2).reshape(batch, y2.shape[-1], oh, ow)
+
+
+def nchw_to_rows(y):
+    """(B, n, OH, OW) -> (B·OH·OW, n) (a view when y is channels-last)."""
+    return y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
+
+
+class _ImplicitConv2d(torch.autograd.Function):
+    """Implicit-im2col forward and dValues on the Triton kernels; dX through the unfolded
+    gradient and ``F.fold``."""
+
+    @staticmethod
+    def forward(ctx, x, values, indices, bias, geometry):
+        from .kernels.condensed_conv import condensed_conv_fwd
+
+        kernel_size, stride, padding, dilation = geometry
+        out_hw = output_size(x.shape[2:], *geometry)
+        y = torch.empty(x.shape[0], values.shape[0], *out_hw, dtype=x.dtype, device=x.device)
+        condensed_conv_fwd(x, values, indices, bias, y, kernel_size, stride, padding, dilation)
+        ctx.save_for_backward(x, values, indices)
+        ctx.geometry, ctx.has_bias = geometry, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        from .kernels.condensed_conv import condensed_conv_dw
+
+        x, values, indices = ctx.saved_tensors
+        kernel_size, stride, padding, dilation = ctx.geometry
+        grad = grad.contiguous()
+        gx = gv = gb = None
+        if ctx.needs_input_grad[0]:
+            in_features = x.shape[1] * kernel_size[0] * kernel_size[1]
+            grad2 = nchw_to_rows(grad).contiguous()
+            # only the dX half of the condensed matmul backward: x is not needed there
+            gx2, _ = _matmul_backward(grad2, grad2.new_empty(0, in_features), False, values, indices, True, False)
+            cols = gx2.view(x.shape[0], -1, in_features).transpose(1, 2)  # (B, CKK, L)
+            gx = F.fold(cols, x.shape[2:], kernel_size, dilation=dilation, padding=padding, stride=stride)
+        if ctx.needs_input_grad[1]:
+            gv = torch.empty(values.shape, dtype=values.dtype, device=values.device)
+            condensed_conv_dw(x, grad, indices, gv, kernel_size, stride, padding, dilation)
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            gb = _grad_bias(nchw_to_rows(grad), grad.dtype)
+        return gx, gv, None, gb, None
+
+
+def uses_implicit(x: torch.Tensor) -> bool:
+    """Whether :func:`condensed_conv2d` runs the implicit-im2col kernels for x."""
+    return backend_for(x.device) == "triton" and not torch.compiler.is_compiling()
+
+
+def condensed_conv2d(x, values, indices, bias, kernel_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+    """Convolution of x (B, C, H, W) with a condensed (n, K) weight over C·kh·kw.
+
+    ``y[b, o, oh, ow] = sum_k values[o, k] * xpad[b, c, oh·sh + dy·dh, ow·sw + dx·dw] + bias[o]``
+    with ``(c, dy, dx)`` decoded from ``indices[o, k]``. Returns (B, n, OH, OW).
+    Geometry arguments are (h, w) int pairs; the caller validates the indices' range
+    (the layer does it once, when its pattern is set). Differentiable in x, values and
+    bias. Implicit im2col on the Triton backend, unfold + ``condensed_matmul`` otherwise.
+    """
+    geometry = (tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
+    out_hw = output_size(x.shape[2:], *geometry)
+    if not uses_implicit(x):
+        y2 = _condensed_matmul(unfold_rows(x, *geometry), values, indices, bias, check_index_range=False)
+        return rows_to_nchw(y2, x.shape[0], out_hw)
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, values = x.to(dtype), values.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    check_tensor("x", x, FLOAT_DTYPES, ndim=4)
+    check_same_device(x=x, values=values, indices=indices, bias=bias)
+    if values.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        raise TypeError(f"values/bias have dtype {values.dtype}/{None if bias is None else bias.dtype} "
+                        f"but x has dtype {x.dtype}; they must match")
+    with torch.autocast(x.device.type, enabled=False):
+        return _ImplicitConv2d.apply(x, values, indices, bias, geometry)
