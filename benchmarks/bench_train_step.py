@@ -11,7 +11,8 @@ moves density to the early high-resolution layers and costs more FLOPs):
   rigl+wide, srigl+wide the same after Sparse Wide (widths x sqrt(round(1/(1-s))), iso-FLOP)
 A step is forward + backward + SGD step + ``DynamicSparsity.step()`` (mask updates every
 ΔT steps are part of the measured loop, as in training). Convolutions of the condensed
-models run the unfold + ``condensed_matmul`` fallback (see CondensedConv2d).
+models run the implicit-im2col kernels on a GPU (forward and dValues; dX still unfolds
+the gradient) and the unfold + ``condensed_matmul`` path on a CPU (see CondensedConv2d).
 
 Timing: ``--warmup`` steps, then ``--steps`` timed steps, each bracketed by CUDA events
 (GPU) or a synchronised wall clock (CPU, ``--threads`` fixed and recorded); median and
