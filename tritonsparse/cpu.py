@@ -40,17 +40,18 @@ def _forward_pattern(indices):
 
 
 def condensed_fwd(x2, values, indices, bias):
-    """x2: (B, in_features) -> (B, n)."""
+    """x2: (B, in_features) -> (B, n), as the transposed view of an (n, B) result (a copy
+    to row-major would cost as much as the small-batch product itself)."""
     n = values.shape[0]
     crow, col = _forward_pattern(indices)
     w = _csr(crow, col, values.reshape(-1).float(), (n, x2.shape[1]))
     if x2.shape[0] == 1:  # MKL's sparse matrix-vector product beats its (n, 1) matmul
-        y = torch.mv(w, x2[0].float()).unsqueeze(0)
+        y_t = torch.mv(w, x2[0].float()).unsqueeze(1)
     else:
-        y = torch.sparse.mm(w, x2.t().float().contiguous()).t()
+        y_t = torch.sparse.mm(w, x2.t().float().contiguous())
     if bias is not None:
-        y = y + bias.float()
-    return y.to(x2.dtype).contiguous()
+        y_t += bias.float()[:, None]
+    return y_t.to(x2.dtype).t()
 
 
 def condensed_dx(grad2, values, indices, in_features):

@@ -98,7 +98,7 @@ class _CondensedMatmul(torch.autograd.Function):
 # -- torch.library registration (used while torch.compile traces) --------------------------
 @torch.library.custom_op("tritonsparse::condensed_matmul", mutates_args=())
 def _condensed_matmul_op(x2: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return _forward(x2, values, indices, bias)[0]
+    return _forward(x2, values, indices, bias)[0].contiguous()  # the fake rule promises row-major
 
 
 @_condensed_matmul_op.register_fake
@@ -193,16 +193,23 @@ def condensed_matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tenso
 def _condensed_matmul(x, values, indices, bias=None, check_index_range=True):
     """``condensed_matmul`` for callers that already checked the index range (layers
     validate their indices once, when the pattern is set)."""
-    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+    autocast = isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type)
+    if autocast:
         dtype = torch.get_autocast_dtype(x.device.type)
         x, values = x.to(dtype), values.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
     _validate(x, values, indices, bias, check_index_range)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    with torch.autocast(x.device.type, enabled=False):
-        if torch.compiler.is_compiling():
-            y = torch.ops.tritonsparse.condensed_matmul(x2, values, indices, bias)
-        else:
-            y = _CondensedMatmul.apply(x2, values, indices, bias)
+    if autocast:  # the inputs are cast: keep autocast away from the ops inside
+        with torch.autocast(x.device.type, enabled=False):
+            y = _dispatch(x2, values, indices, bias)
+    else:
+        y = _dispatch(x2, values, indices, bias)
     return y.reshape(*lead, values.shape[0])
+
+
+def _dispatch(x2, values, indices, bias):
+    if torch.compiler.is_compiling():
+        return torch.ops.tritonsparse.condensed_matmul(x2, values, indices, bias)
+    return _CondensedMatmul.apply(x2, values, indices, bias)
