@@ -77,7 +77,6 @@ def test_non_contiguous_inputs(backend):
     v_big = torch.randn(9, 10)
     values = v_big[:, ::2].requires_grad_()  # (9, 5), stride (10, 2)
     indices = random_indices(5, 9, 23).t()  # (9, 5) transposed view
-    x.retain_grad(), values.retain_grad()
     assert not x.is_contiguous() and not values.is_contiguous() and not indices.is_contiguous()
     _check(x, values, indices, None, torch.float32)
 
@@ -153,10 +152,6 @@ def test_kernels_write_every_element():
 
 
 # -- GPU: every dtype and every autotune config ---------------------------------------------
-def _all_configs(tuner):
-    return list(tuner.configs)
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("batch", [1, 5, 33, 300])
