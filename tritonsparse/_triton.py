@@ -9,6 +9,7 @@ Backends:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -64,3 +65,19 @@ def batch_bucket(batch: int) -> int:
     """Autotune key for the batch size: powers of two up to 4096, so a new batch size
     within a bucket reuses the tuned config instead of benchmarking again."""
     return min(next_power_of_2(batch), 4096)
+
+
+def size_bucket(v: int) -> int:
+    """Autotune key for a size that dynamic sparse training changes (rows ``n``, fan-in ``K``):
+    the next power of two, so an SRigL update that ablates a neuron or raises K by one
+    reuses the tuned config. Configs must be correct for any size in their bucket."""
+    return next_power_of_2(max(int(v), 1))
+
+
+def launch_device(t: torch.Tensor):
+    """Context that makes ``t``'s CUDA device the current one for a kernel launch (Triton
+    launches, and the autotuner benchmarks, on the current device, not the tensors');
+    a no-op for CPU tensors (the interpreter)."""
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
