@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import random
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +21,14 @@ from torch.nn import functional as F
 from ..dst import METHODS as DST_METHODS, DynamicSparsity, sparsify
 from ..ift import IFT_KINDS, count_flops, sparse_ift
 from ..models import MODELS, build_model
+from ._io import CHECKPOINT, PREVIOUS, atomic_write_text, load_checkpoint, save_checkpoint
 from .data import DATASETS, Dataset, load_dataset
 
 METHODS = ("dense",) + tuple(DST_METHODS)
 SCHEDULES = ("cosine", "step")
-CHECKPOINT = "checkpoint.pt"
+# the files a run writes into its folder (a fresh run refuses a folder holding any of them)
+RUN_FILES = (CHECKPOINT, PREVIOUS, "metrics.json", "metrics.csv", "layers.csv", "training_curves.png",
+             "active_neurons.png")
 # settings a resumed run must share with the checkpoint (the others may change, e.g. --device)
 _RESUME_KEYS = ("model", "dataset", "method", "sparsity", "distribution", "ift", "epochs", "max_steps", "batch_size",
                 "lr", "schedule", "seed", "delta_t", "alpha", "t_end", "gamma_sal", "hidden", "width")
@@ -67,8 +72,10 @@ class TrainConfig:
     seed: int = 0
     out: str = "runs/run"
     resume: bool = False
+    overwrite: bool = False  # a fresh run may replace the run already in `out`
+    skip_nonfinite: bool = False  # skip steps with a non-finite loss or gradient (else stop with an error)
     plots: bool = True  # training curves + active neurons per layer into `out` (and `plots_dir`)
-    plots_dir: str | None = "plots"
+    plots_dir: str | None = None  # also copy the plots here (None: only into `out`)
     progress: bool = True
     stop_after_epochs: int | None = None  # stop this invocation early (preemptible jobs; tests of --resume)
     synthetic_shape: tuple = (1, 8, 8)
@@ -85,6 +92,9 @@ class TrainConfig:
         if self.method == "dense" and self.ift != "none":
             raise ValueError(f"ift={self.ift!r} builds sparse parts: pick a sparse method (static, set, rigl, srigl), "
                              "not method='dense'")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: resume continues the run in out, "
+                             "overwrite starts it again")
         if self.threads is not None and int(self.threads) < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         for name in ("epochs", "batch_size", "delta_t"):
@@ -175,7 +185,10 @@ def evaluate(model: nn.Module, data: Dataset, device, batch_size: int = 512) -> 
 
 
 def _rng_state():
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    # numpy's state as a tensor and plain numbers, so that the checkpoint loads with weights_only=True
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -184,24 +197,50 @@ def _rng_state():
 def _set_rng_state(state):
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _write_metrics(out: Path, history: list):
-    (out / "metrics.json").write_text(json.dumps(history, indent=1))
+    """metrics.json, metrics.csv and layers.csv, each written atomically."""
+    atomic_write_text(out / "metrics.json", json.dumps(history, indent=1))
     scalars = [{k: v for k, v in h.items() if not isinstance(v, dict)} for h in history]
-    with open(out / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(scalars[0]))
-        w.writeheader()
-        w.writerows(scalars)
-    with open(out / "layers.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["epoch", "layer", "density", "active_neurons", "out_features", "fan_in", "nnz"])
-        for h in history:
-            for name, s in h["layers"].items():
-                w.writerow([h["epoch"], name, s["density"], s["active_neurons"], s["out_features"], s["fan_in"], s["nnz"]])
+    fields = list(dict.fromkeys(k for h in scalars for k in h))  # resumed old runs may lack newer columns
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=fields)
+    w.writeheader()
+    w.writerows(scalars)
+    atomic_write_text(out / "metrics.csv", f.getvalue())
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(["epoch", "layer", "density", "active_neurons", "out_features", "fan_in", "nnz"])
+    for h in history:
+        for name, s in h["layers"].items():
+            w.writerow([h["epoch"], name, s["density"], s["active_neurons"], s["out_features"], s["fan_in"], s["nnz"]])
+    atomic_write_text(out / "layers.csv", f.getvalue())
+
+
+def prepare_out(cfg: TrainConfig) -> Path:
+    """The run folder: created if needed; a fresh run refuses a folder that holds another
+    run unless ``cfg.overwrite`` (then that run's files are removed first)."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={cfg.out!r} is a file, not a folder")
+    existing = [f for f in RUN_FILES if (out / f).exists()]
+    if existing and not cfg.resume:
+        if not cfg.overwrite:
+            raise FileExistsError(f"out={cfg.out!r} already holds a run ({', '.join(existing)}): pass --resume to "
+                                  "continue it, --overwrite to replace it, or another --out")
+        for f in existing:
+            (out / f).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+class DivergenceError(FloatingPointError):
+    """The loss (or, with ``skip_nonfinite``, every step for a whole epoch) was not finite."""
 
 
 @dataclass
@@ -221,19 +260,36 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
 
+def _last_checkpoint(out: Path) -> str:
+    if (out / CHECKPOINT).is_file():
+        return f"the checkpoint {out / CHECKPOINT} holds the epochs before this one"
+    return "no checkpoint was written"
+
+
+def _grads_finite(optimizer) -> bool:
+    """Whether every gradient the optimizer holds is finite (one device sync)."""
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Train one model as ``cfg`` says; see :class:`TrainConfig` and ``python -m
     tritonsparse.train --help``. Writes metrics, plots and a checkpoint every epoch to
-    ``cfg.out``; with ``cfg.resume`` continues from that checkpoint, giving the same
-    result as a run that never stopped."""
+    ``cfg.out`` (each file atomically; the previous checkpoint is kept as
+    ``checkpoint.prev.pt``); with ``cfg.resume`` continues from that checkpoint, giving the
+    same result as a run that never stopped. A fresh run refuses an ``out`` that holds a
+    run unless ``cfg.overwrite``. A non-finite loss stops the run with
+    :class:`DivergenceError` naming the step, or with ``cfg.skip_nonfinite`` the step is
+    skipped (no optimizer step, as ``GradScaler`` does; counted in the metrics)."""
     from tqdm.auto import tqdm
 
     cfg.validate()
     device = resolve_device(cfg.device)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out(cfg)
     seed_everything(cfg.seed)
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.synthetic_shape, cfg.seed)
     model, ift = build(cfg, data, device)
@@ -259,11 +315,9 @@ def train(cfg: TrainConfig) -> TrainResult:
                               no_ablation=tuple(cfg.no_ablation), seed=cfg.seed)
 
     history, start_epoch, step = [], 0, 0
-    ckpt_path = out / CHECKPOINT
+    skipped_total = skipped_run = 0  # non-finite steps skipped (skip_nonfinite): in all, and in a row
     if cfg.resume:
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f"resume=True but there is no checkpoint at {ckpt_path}")
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ckpt = load_checkpoint(out, map_location=device)
         saved = ckpt["config"]
         diff = [k for k in _RESUME_KEYS if saved.get(k) != cfg.to_dict().get(k)]
         if diff:
@@ -275,6 +329,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         if dst is not None:
             dst.load_state_dict(ckpt["dst"])
         history, start_epoch, step = ckpt["history"], ckpt["epoch"], ckpt["step"]
+        skipped_total = int(ckpt.get("skipped_steps", 0))
         _set_rng_state(ckpt["rng"])
 
     example = data.batch("test", torch.arange(min(2, data.y_test.shape[0])), device)[0]
@@ -292,17 +347,34 @@ def train(cfg: TrainConfig) -> TrainResult:
         loss_sum = correct = seen = 0.0
         step_times = []
         t_epoch = time.perf_counter()
-        bar = tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
-                   leave=False, dynamic_ncols=True)
+        skipped = 0
+        # the bar only on a terminal: redrawn into a log file it would fill it
+        bar = tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
+                   disable=not (cfg.progress and sys.stderr.isatty()))
         for i in bar:
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size] if drop_last else order
             x, y = data.batch("train", idx, device, gen)
             t0 = time.perf_counter()
             out_logits = model(x)
             loss = F.cross_entropy(out_logits, y, label_smoothing=cfg.label_smoothing)
+            loss_value = loss.item()
+            where = f"step {step + 1} (epoch {epoch + 1}, batch {i + 1}/{n_steps})"
+            if not math.isfinite(loss_value) and not cfg.skip_nonfinite:
+                raise DivergenceError(f"training diverged: the loss is {loss_value} at {where}, lr "
+                                      f"{scheduler.get_last_lr()[0]:.3g}; lower --lr, or pass --skip-nonfinite to "
+                                      f"skip such steps ({_last_checkpoint(out)})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            if cfg.skip_nonfinite and not (math.isfinite(loss_value) and _grads_finite(optimizer)):
+                # as torch.amp.GradScaler does: no optimizer step, the schedules go on
+                optimizer.zero_grad(set_to_none=True)
+                skipped, skipped_run = skipped + 1, skipped_run + 1
+                if skipped_run >= max(10, steps_per_epoch):
+                    raise DivergenceError(f"training diverged: {skipped_run} steps in a row up to {where} had a "
+                                          "non-finite loss or gradient (--skip-nonfinite); lower --lr")
+            else:
+                skipped_run = 0
+                optimizer.step()
             scheduler.step()
             if dst is not None:
                 dst.step()
@@ -310,11 +382,13 @@ def train(cfg: TrainConfig) -> TrainResult:
                 torch.cuda.synchronize(device)
             step_times.append(time.perf_counter() - t0)
             step += 1
-            loss_sum += loss.item() * y.shape[0]
-            correct += (out_logits.argmax(1) == y).sum().item()
-            seen += y.shape[0]
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.3g}")
+            if math.isfinite(loss_value):
+                loss_sum += loss_value * y.shape[0]
+                correct += (out_logits.argmax(1) == y).sum().item()
+                seen += y.shape[0]
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.3g}")
         bar.close()
+        skipped_total += skipped
         test_loss, test_acc = evaluate(model, data, device)
         flops = count_flops(model, example)
         dense_flops = dense_flops or flops.dense_total
@@ -331,6 +405,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             "flops_per_example": flops.total, "dense_flops_per_example": flops.dense_total,
             "step_time_ms": 1000.0 * float(np.median(step_times)) if step_times else float("nan"),
             "epoch_time_s": time.perf_counter() - t_epoch, "peak_mem_mb": mem, "mem_kind": mem_kind,
+            "skipped_steps": skipped, "skipped_steps_total": skipped_total,
+            # DST updates skipped for non-finite gradients (SRigL keeps the pattern then)
+            "skipped_dst_updates": int(getattr(dst, "skipped_updates", 0)) if dst is not None else 0,
             "device": str(device), "layers": layers,
         }
         history.append(record)
@@ -340,9 +417,10 @@ def train(cfg: TrainConfig) -> TrainResult:
                        f"test loss {test_loss:.4f} acc {test_acc:.3f} | sparsity {record['sparsity']:.3f} | "
                        f"step {record['step_time_ms']:.1f} ms")
         _write_metrics(out, history)
-        torch.save({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "dst": dst.state_dict() if dst is not None else None,
-                    "epoch": epoch + 1, "step": step, "history": history, "rng": _rng_state()}, ckpt_path)
+        save_checkpoint({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "dst": dst.state_dict() if dst is not None else None,
+                         "epoch": epoch + 1, "step": step, "skipped_steps": skipped_total, "history": history,
+                         "rng": _rng_state()}, out)
     if history and cfg.plots:
         from .plots import plot_run
 
