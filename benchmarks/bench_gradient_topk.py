@@ -24,7 +24,9 @@ count, and the Triton kernel is skipped (the interpreter is never timed). Peak m
 ``score_rel_err`` compares each method's sorted scores with the fp32 reference
 (``gradient_topk_reference``), relative to the largest score.
 
-Output: ``benchmarks/results/gradient_topk_<device>_<grid>_<date>.csv``.
+Output: ``<out-dir>/gradient_topk_<device>_<grid>_<date>.csv``; ``--out-dir`` defaults to
+``./bench_results`` in the current folder (``--repo-results``: the checkout's
+``benchmarks/results/``, for results meant to be committed).
 
     python benchmarks/bench_gradient_topk.py --quick   # tiny shapes, torch path, seconds on a CPU
     python benchmarks/bench_gradient_topk.py           # the full grid (meant for a GPU)
@@ -160,9 +162,12 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's current setting)")
     ap.add_argument("--min-time", type=float, default=None,
                     help="CPU: seconds of timed runs per measurement, at least 5 runs (default 0.3; --quick 0.02)")
-    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--out-dir", default=None, help="folder of the CSV (default: ./bench_results)")
+    ap.add_argument("--repo-results", action="store_true", help="write into the checkout's benchmarks/results/")
     ap.add_argument("--tag", help="grid name in the output file name (default: quick, full or custom)")
     args = ap.parse_args(argv)
+    if args.out_dir is None:
+        args.out_dir = str(ROOT / "benchmarks" / "results") if args.repo_results else "bench_results"
 
     spec = dict(QUICK if args.quick else FULL)
     custom = any(getattr(args, k) is not None for k in spec)

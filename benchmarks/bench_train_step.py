@@ -19,8 +19,9 @@ Timing: ``--warmup`` steps, then ``--steps`` timed steps, each bracketed by CUDA
 quartiles per step. Peak memory: ``torch.cuda.max_memory_allocated`` over the timed steps
 (GPU), process max RSS (CPU).
 
-Output: one tidy row per configuration in
-``benchmarks/results/train_step_<device>_<date>.csv``.
+Output: one tidy row per configuration in ``<out>/train_step_<device>_<date>.csv``;
+``--out`` defaults to ``./bench_results`` in the current folder (``--repo-results``: the
+checkout's ``benchmarks/results/``, for results meant to be committed).
 
     python benchmarks/bench_train_step.py                 # GPU: a few hundred steps each
     python benchmarks/bench_train_step.py --quick         # tiny CPU smoke run
@@ -139,8 +140,11 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (recorded)")
     p.add_argument("--quick", action="store_true", help="tiny CPU smoke run: width 8, batch 8, 16x16, 3 steps")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--out", default=None, help="folder of the CSV (default: ./bench_results)")
+    p.add_argument("--repo-results", action="store_true", help="write into the checkout's benchmarks/results/")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = str(ROOT / "benchmarks" / "results") if args.repo_results else "bench_results"
     if args.quick:
         args.width, args.batch, args.image_size, args.steps, args.warmup, args.delta_t = 8, 8, 16, 3, 1, 2
     if args.threads:

@@ -7,6 +7,7 @@
 #   aot       the ahead-of-time build check (sm_80/sm_90, no spills)
 #   sweep90   benchmarks/sweep.py at 90% sparsity: every shape, batch, dtype, mode (the targets)
 #   sweep     the full sweep grid (long: several minutes)
+#   llm       benchmarks/sweep.py --llm: Llama-3-8B MLP shapes (4096->14336, 14336->4096), batch 1-16
 #   topk      benchmarks/bench_gradient_topk.py (fused kernel vs dense matmul + topk)
 #   train     benchmarks/bench_train_step.py (ResNet-18 step time and peak memory)
 #   ncu       Nsight Compute summary of the forward kernel at batch 1 and 256 (3072->768, 90%)
@@ -14,7 +15,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu_run}"
-if [ $# -gt 0 ] && [[ "$1" != env && "$1" != tests && "$1" != aot && "$1" != sweep* && "$1" != topk && "$1" != train && "$1" != ncu ]]; then
+if [ $# -gt 0 ] && [[ "$1" != env && "$1" != tests && "$1" != aot && "$1" != sweep* && "$1" != llm && "$1" != topk && "$1" != train && "$1" != ncu ]]; then
   out="$1"; shift
 fi
 stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(env tests sweep90 topk)
@@ -31,6 +32,7 @@ for stage in "${stages[@]}"; do
     aot) python3 -m tritonsparse._aot --jobs 8 2>&1 | tee "$out/aot.log" ;;
     sweep90) python3 benchmarks/sweep.py --sparsities 0.9 --out-dir "$out/results" --plot-dir "$out/plots" --tag s90 2>&1 | tee "$out/sweep90.log" ;;
     sweep) python3 benchmarks/sweep.py --out-dir "$out/results" --plot-dir "$out/plots" --tag full 2>&1 | tee "$out/sweep.log" ;;
+    llm) python3 benchmarks/sweep.py --llm --out-dir "$out/results" --plot-dir "$out/plots" 2>&1 | tee "$out/llm.log" ;;
     topk) python3 benchmarks/bench_gradient_topk.py --out-dir "$out/results" 2>&1 | tee "$out/topk.log" ;;
     train) python3 benchmarks/bench_train_step.py --out "$out/results" 2>&1 | tee "$out/train.log" ;;
     ncu) ncu --kernel-name regex:_condensed_fwd_kernel --launch-skip 30 --launch-count 2 --section SpeedOfLight --section MemoryWorkloadAnalysis \

@@ -21,21 +21,33 @@ Timing: on a GPU ``triton.testing.do_bench`` (warm-up, L2 flushed before every r
 median and quartiles of many runs). On a CPU a wall-clock timer: warm-up runs, then
 repeats until ``--min-time`` seconds and at least 5 runs, median and quartiles; the
 thread count is fixed (``--threads``) and recorded. Without a GPU the Triton methods are
-skipped: the interpreter is not a kernel and is never timed.
+skipped: the interpreter is not a kernel and is never timed. Every row records its
+spread, ``iqr_rel`` = (q75 - q25) / median, and ``noisy`` = yes when it exceeds
+``--noisy-above`` (default 0.2): such a timing is not to be trusted (a busy machine, too
+few threads for the jobs running); the sweep warns about them at the end and the README
+table marks them.
+
+Shapes: the ViT-B MLP (768->3072, 3072->768), 4096->4096 and the Llama-3-8B MLP
+(4096->14336, 14336->4096; ``--llm``: those at batch 1-16, where a 90% sparse layer with
+int16 indices moves ~5x fewer bytes than the dense one). Indices are int16 wherever
+in_features <= 32768 (column ``index_dtype``).
 
 GB/s and TFLOP/s use a model of compulsory traffic and useful FLOPs: forward reads the
 weight (values + indices for sparse) and x and writes y; the training step does it three
 times (forward, dX, dW). Peak bandwidth: a table of known GPUs (spec sheets); on a CPU a
 measured large copy.
 
-Output: ``benchmarks/results/sweep_<device>_<grid>_<date>.csv`` (tidy, one row per
-measurement) and plots under ``plots/`` made from the CSV by :func:`plot_results` (so old
-results can be re-plotted: ``--plot-only FILE``). ``--readme-table FILE`` prints the
-markdown table at 90% sparsity used in the README.
+Output: ``<out-dir>/sweep_<device>_<grid>_<date>.csv`` (tidy, one row per measurement)
+and its plots, made from the CSV by :func:`plot_results` (so old results can be
+re-plotted: ``--plot-only FILE``). ``--out-dir`` defaults to ``./sweep_results`` in the
+current folder, plots go beside the CSV; ``--repo-results`` writes into the checkout's
+``benchmarks/results/`` and ``plots/`` instead (results meant to be committed).
+``--readme-table FILE`` prints the markdown table at 90% sparsity used in the README.
 
     python benchmarks/sweep.py --quick          # small grid, under a minute on a CPU
     python benchmarks/sweep.py                  # the full grid (meant for a GPU)
-    python benchmarks/sweep.py --plot-only benchmarks/results/sweep_....csv
+    python benchmarks/sweep.py --llm            # Llama-3-8B MLP shapes at batch 1-16 (GPU)
+    python benchmarks/sweep.py --plot-only sweep_results/sweep_....csv
 """
 from __future__ import annotations
 
@@ -64,15 +76,21 @@ METHODS = ["dense", "condensed_triton", "condensed_torch", "csr_triton", "torch_
 TRITON_METHODS = {"condensed_triton", "csr_triton"}
 MODES = ["forward", "train"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-FULL = dict(shapes="768x3072,3072x768,4096x4096", sparsities="0.5,0.75,0.8,0.9,0.95,0.98,0.99",
+LLM_SHAPES = "4096x14336,14336x4096"  # Llama-3-8B MLP: up/gate and down projections
+FULL = dict(shapes="768x3072,3072x768,4096x4096," + LLM_SHAPES, sparsities="0.5,0.75,0.8,0.9,0.95,0.98,0.99",
             batches="1,8,32,128,256,1024,2048", dtypes="fp32,bf16", modes="forward,train")
+# the CPU quick grid leaves the LLM shapes out (their dense weights alone take seconds per call)
 QUICK = dict(shapes="768x3072", sparsities="0.5,0.9,0.99", batches="1,16,64", dtypes="fp32,bf16",
              modes="forward,train")
+# memory-bound inference, where sparsity pays most: small batch, bf16, int16 indices
+LLM = dict(shapes=LLM_SHAPES, sparsities="0.9", batches="1,2,4,8,16", dtypes="bf16,fp32", modes="forward,train")
+NOISY_ABOVE = 0.2  # iqr_rel above which a row is marked noisy
 # Peak memory bandwidth (GB/s) from spec sheets; the first matching name wins.
 PEAK_GBPS = [("H100 PCIe", 2000.0), ("H100", 3350.0), ("H200", 4800.0), ("A100", 2000.0)]
 FIELDS = ["device_type", "device_name", "threads", "torch_version", "triton_version", "peak_gbps", "peak_source",
-          "dtype", "in_features", "out_features", "batch", "sparsity", "fan_in", "nnz", "method", "mode", "status",
-          "median_ms", "q25_ms", "q75_ms", "reps", "gbps", "tflops", "pct_peak_bw", "max_rel_err"]
+          "dtype", "in_features", "out_features", "batch", "sparsity", "fan_in", "nnz", "index_dtype", "method", "mode",
+          "status", "median_ms", "q25_ms", "q75_ms", "iqr_rel", "noisy", "reps", "gbps", "tflops", "pct_peak_bw",
+          "max_rel_err"]
 
 
 class Skip(Exception):
@@ -262,9 +280,15 @@ def _reason(e: Exception) -> str:
     return f"{type(e).__name__}: {first[:160]}" if first else type(e).__name__
 
 
-def measure(method, p: Problem, batch, mode, min_time):
+def spread(med, q25, q75) -> float:
+    """The relative spread of a timing: interquartile range over median."""
+    return (q75 - q25) / med if med > 0 else float("inf")
+
+
+def measure(method, p: Problem, batch, mode, min_time, noisy_above=NOISY_ABOVE):
     """A dict with status, timings and rates of one method at one point. Any failure
-    (dtype unsupported by a library, no GPU, ...) is recorded as ``skipped: reason``."""
+    (dtype unsupported by a library, no GPU, ...) is recorded as ``skipped: reason``.
+    ``iqr_rel`` is the spread of the timing, ``noisy`` "yes" above ``noisy_above``."""
     try:
         fn, leaves, backend, check = build(method, p, batch, mode)
         with forced_backend(backend):
@@ -281,7 +305,9 @@ def measure(method, p: Problem, batch, mode, min_time):
         return {"status": f"skipped: {_reason(e)}"}
     flops, nbytes = p.cost(method, batch, mode)
     s = med / 1e3
+    rel = spread(med, q25, q75)
     row = {"status": "ok", "median_ms": f"{med:.5g}", "q25_ms": f"{q25:.5g}", "q75_ms": f"{q75:.5g}", "reps": reps,
+           "iqr_rel": f"{rel:.3g}", "noisy": "yes" if rel > noisy_above else "no",
            "gbps": f"{nbytes / s / 1e9:.4g}", "tflops": f"{flops / s / 1e12:.4g}",
            "max_rel_err": "" if err is None else f"{err:.2e}"}
     return row
@@ -328,7 +354,8 @@ def _progress(total, enabled):
         return Lines()
 
 
-def run_sweep(shapes, sparsities, batches, dtypes, modes, methods, device, min_time, info, progress=True):
+def run_sweep(shapes, sparsities, batches, dtypes, modes, methods, device, min_time, info, progress=True,
+              noisy_above=NOISY_ABOVE):
     """All rows of a sweep (list of dicts with ``FIELDS``). Dense runs once per (shape,
     dtype, mode, batch) and is recorded with sparsity 0."""
     rows, skipped_seen = [], set()
@@ -347,11 +374,12 @@ def run_sweep(shapes, sparsities, batches, dtypes, modes, methods, device, min_t
                     for method, s in todo:
                         p = problems[s if s is not None else sparsities[0]]
                         bar.set_postfix_str(f"{in_f}x{out_f} {dname} {mode} b={batch} s={s} {method}")
-                        res = measure(method, p, batch, mode, min_time)
+                        res = measure(method, p, batch, mode, min_time, noisy_above)
                         bar.update(1)
                         row = {**info, "dtype": dname, "in_features": in_f, "out_features": out_f, "batch": batch,
                                "sparsity": 0.0 if s is None else s, "fan_in": in_f if s is None else p.fan_in,
-                               "nnz": in_f * out_f if s is None else p.nnz, "method": method, "mode": mode, **res}
+                               "nnz": in_f * out_f if s is None else p.nnz, "method": method, "mode": mode,
+                               "index_dtype": "" if s is None else str(p.indices.dtype).replace("torch.", ""), **res}
                         if res["status"] == "ok" and info.get("peak_gbps"):
                             row["pct_peak_bw"] = f"{100 * float(res['gbps']) / float(info['peak_gbps']):.3g}"
                         elif res["status"] != "ok":
@@ -408,9 +436,10 @@ def _device_label(rows):
     return r["device_name"]
 
 
-def plot_results(csv_path, plot_dir=ROOT / "plots"):
-    """Make the plots of one result CSV; returns the paths written. File names start with
-    the CSV's stem, which names the device and the grid, so runs never overwrite each other.
+def plot_results(csv_path, plot_dir=None):
+    """Make the plots of one result CSV into ``plot_dir`` (default: the CSV's folder);
+    returns the paths written. File names start with the CSV's stem, which names the
+    device and the grid, so runs never overwrite each other.
 
       * speedup over dense vs sparsity, one panel per batch size (rows: dtype), log y;
       * speedup vs batch size at 90% sparsity (or the nearest measured), one panel per shape;
@@ -423,7 +452,7 @@ def plot_results(csv_path, plot_dir=ROOT / "plots"):
 
     rows = read_csv(csv_path)
     sp = with_speedups(rows)
-    plot_dir = Path(plot_dir)
+    plot_dir = Path(plot_dir) if plot_dir is not None else Path(csv_path).parent
     plot_dir.mkdir(parents=True, exist_ok=True)
     tag, label, written = Path(csv_path).stem, _device_label(rows) if rows else "", []
     if not sp:
@@ -514,23 +543,47 @@ def plot_results(csv_path, plot_dir=ROOT / "plots"):
     return written
 
 
+def is_noisy(row, noisy_above=NOISY_ABOVE) -> bool:
+    """Whether a measured row's spread is large: its ``noisy`` column, or for CSVs written
+    before that column, IQR/median above ``noisy_above``."""
+    if row.get("noisy") in ("yes", "no"):
+        return row["noisy"] == "yes"
+    return spread(float(row["median_ms"]), float(row["q25_ms"]), float(row["q75_ms"])) > noisy_above
+
+
 def readme_table(csv_path, target=0.9):
     """Markdown table of the speedups over dense at the sparsity nearest ``target``, naming
-    the device, with the reasons for the methods that were not measured."""
+    the device, with the reasons for the methods that were not measured. A ratio whose
+    sparse or dense timing is noisy (spread IQR/median > 20%) is marked with ``*``, and a
+    note under the table says how many."""
     rows = read_csv(csv_path)
     sp = with_speedups(rows)
     s = _nearest(sorted({float(r["sparsity"]) for r in sp}), target)
     methods = [m for m in METHODS[1:] if any(r["method"] == m for r in sp)]
     dense = {_key(r): r for r in rows if r["method"] == "dense" and r["status"] == "ok"}
-    speed = {(_key(r), r["method"]): r["speedup"] for r in sp if float(r["sparsity"]) == s}
+    at_s = {(_key(r), r["method"]): r for r in sp if float(r["sparsity"]) == s}
     out = [f"Speedup over dense `F.linear` at {s:.0%} sparsity, {_device_label(rows)}, torch "
            f"{rows[0]['torch_version']}, triton {rows[0]['triton_version']} (from `{Path(csv_path).name}`):", "",
            "| shape | dtype | mode | batch | dense (ms) | " + " | ".join(methods) + " |",
            "|---|---|---|---:|---:|" + "---:|" * len(methods)]
+    n_noisy = n_cells = 0
     for k in sorted(dense, key=lambda k: (k[2], k[3], list(DTYPES).index(k[1]), MODES.index(k[4]), k[5])):
-        cells = [f"{speed[(k, m)]:.2f}x" if (k, m) in speed else "n/a" for m in methods]
+        cells = []
+        for m in methods:
+            r = at_s.get((k, m))
+            if r is None:
+                cells.append("n/a")
+                continue
+            noisy = is_noisy(r) or is_noisy(dense[k])
+            n_noisy, n_cells = n_noisy + noisy, n_cells + 1
+            cells.append(f"{r['speedup']:.2f}x" + ("*" if noisy else ""))
         _, dt, in_f, out_f, mode, b = k
-        out.append(f"| {in_f}->{out_f} | {dt} | {mode} | {b} | {float(dense[k]['median_ms']):.3g} | " + " | ".join(cells) + " |")
+        d_ms = f"{float(dense[k]['median_ms']):.3g}" + ("*" if is_noisy(dense[k]) else "")
+        out.append(f"| {in_f}->{out_f} | {dt} | {mode} | {b} | {d_ms} | " + " | ".join(cells) + " |")
+    out += ["", f"`*`: noisy, the spread (IQR/median) of the sparse or the dense timing is above "
+                f"{NOISY_ABOVE:.0%} ({n_noisy} of {n_cells} ratios); the CSV's `iqr_rel` and `noisy` columns "
+                "give it per timing." if n_noisy else
+                f"Every timing's spread (IQR/median) is at most {NOISY_ABOVE:.0%} (CSV columns `iqr_rel`, `noisy`)."]
     skipped = sorted({(r["method"], r["status"][len("skipped: "):]) for r in rows if r["status"].startswith("skipped")})
     if skipped:
         out += ["", "Not measured:"]
@@ -544,31 +597,44 @@ def readme_table(csv_path, target=0.9):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help=f"small grid (under a minute on a CPU): {QUICK}")
+    ap.add_argument("--llm", action="store_true", help=f"the Llama-3-8B MLP shapes at small batch: {LLM}")
     for name in ("shapes", "sparsities", "batches", "dtypes", "modes"):
-        ap.add_argument(f"--{name}", help=f"comma-separated (default {FULL[name]}; --quick {QUICK[name]})")
+        ap.add_argument(f"--{name}", help=f"comma-separated (default {FULL[name]}; --quick {QUICK[name]}; "
+                                          f"--llm {LLM[name]})")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's current setting)")
     ap.add_argument("--min-time", type=float, default=None,
                     help="CPU: seconds of timed runs per measurement, at least 5 runs (default 0.3; --quick 0.05)")
-    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
-    ap.add_argument("--plot-dir", default=str(ROOT / "plots"))
+    ap.add_argument("--out-dir", default=None, help="folder of the CSV (default: ./sweep_results)")
+    ap.add_argument("--plot-dir", default=None, help="folder of the plots (default: the CSV's folder)")
+    ap.add_argument("--repo-results", action="store_true",
+                    help="write the CSV into the checkout's benchmarks/results/ and the plots into its plots/ "
+                         "(results meant to be committed); --out-dir / --plot-dir still take precedence")
+    ap.add_argument("--noisy-above", type=float, default=NOISY_ABOVE,
+                    help=f"spread (IQR/median) above which a timing is marked noisy (default {NOISY_ABOVE})")
     ap.add_argument("--tag", help="grid name in the output file name (default: quick, full or custom)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--plot-only", metavar="FILE", help="re-plot a result CSV and exit")
     ap.add_argument("--readme-table", metavar="FILE", help="print the markdown table at 90%% sparsity of a CSV and exit")
     args = ap.parse_args(argv)
+    if args.quick and args.llm:
+        ap.error("--quick and --llm are two different grids: pick one")
+    if args.out_dir is None:
+        args.out_dir = str(ROOT / "benchmarks" / "results") if args.repo_results else "sweep_results"
+    if args.plot_dir is None:
+        args.plot_dir = str(ROOT / "plots") if args.repo_results else None
 
     if args.plot_only:
-        for path in plot_results(args.plot_only, args.plot_dir):
+        for path in plot_results(args.plot_only, args.plot_dir or Path(args.plot_only).parent):
             print(path)
         return 0
     if args.readme_table:
         print(readme_table(args.readme_table))
         return 0
 
-    spec = dict(QUICK if args.quick else FULL)
+    spec = dict(QUICK if args.quick else LLM if args.llm else FULL)
     custom = any(getattr(args, k) is not None for k in spec)
     spec.update({k: getattr(args, k) for k in spec if getattr(args, k) is not None})
     try:
@@ -606,15 +672,22 @@ def main(argv=None):
               f"{info['peak_gbps'] or 'unknown'} GB/s ({info['peak_source']}).", file=sys.stderr)
     t0 = time.time()
     rows = run_sweep(shapes, sparsities, batches, dtypes, modes, methods, device, min_time, info,
-                     progress=not args.no_progress)
-    tag = args.tag or ("custom" if custom else "quick" if args.quick else "full")
+                     progress=not args.no_progress, noisy_above=args.noisy_above)
+    tag = args.tag or ("custom" if custom else "quick" if args.quick else "llm" if args.llm else "full")
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = write_csv(rows, Path(args.out_dir) / f"sweep_{device_slug(info)}_{tag}_{stamp}.csv")
     n_ok = sum(r["status"] == "ok" for r in rows)
     print(f"[sweep] {n_ok} measurements, {len(rows) - n_ok} skipped, {time.time() - t0:.1f} s -> {path}", file=sys.stderr)
+    noisy = [r for r in rows if r.get("noisy") == "yes"]
+    if noisy:
+        worst = max(noisy, key=lambda r: float(r["iqr_rel"]))
+        print(f"[sweep] WARNING: {len(noisy)} of {n_ok} timings are noisy (spread IQR/median > "
+              f"{args.noisy_above:.0%}, worst {float(worst['iqr_rel']):.0%}: {worst['method']} {worst['dtype']} "
+              f"{worst['mode']} batch {worst['batch']}); column `noisy` in the CSV. Their ratios are not to be "
+              "trusted: rerun on an idle machine, with fewer --threads or a longer --min-time.", file=sys.stderr)
     print(path)
     if not args.no_plots:
-        for p in plot_results(path, args.plot_dir):
+        for p in plot_results(path, args.plot_dir or path.parent):
             print(p)
     return 0
 

@@ -1,5 +1,6 @@
-"""Smoke test of benchmarks/bench_gradient_topk.py: ``--quick`` on the CPU into a temp dir
-(CSV columns and rows, the Triton kernel skipped and never interpreted), and ``--help``."""
+"""Smoke test of benchmarks/bench_gradient_topk.py: ``--quick`` on the CPU (CSV columns and
+rows, the Triton kernel skipped and never interpreted, the CSV in ./bench_results of the
+current folder by default, not in the checkout), and ``--help``."""
 import csv
 import os
 import subprocess
@@ -21,11 +22,12 @@ def _load():
 def test_quick_csv(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("TRITONSPARSE_BACKEND", "TRITON_INTERPRET")}
     res = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--threads", "1",
-                          "--min-time", "0", "--out-dir", str(tmp_path)],
-                         capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+                          "--min-time", "0"],
+                         capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    files = list(tmp_path.glob("gradient_topk_cpu_quick_*.csv"))
-    assert len(files) == 1 and res.stdout.strip() == str(files[0])
+    assert [p.name for p in tmp_path.iterdir()] == ["bench_results"]
+    files = list((tmp_path / "bench_results").glob("gradient_topk_cpu_quick_*.csv"))
+    assert len(files) == 1 and (tmp_path / res.stdout.strip()).resolve() == files[0].resolve()
     assert "[gradient_topk] 1/" in res.stderr  # progress lines
 
     mod = _load()

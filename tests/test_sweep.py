@@ -1,5 +1,6 @@
 """Smoke test of benchmarks/sweep.py: the whole script on a tiny grid (CSV, plots,
-re-plotting, README table, --help), so it never rots."""
+re-plotting, README table, spread of each timing, default output folder, --help), so it
+never rots."""
 import csv
 import os
 import subprocess
@@ -48,6 +49,10 @@ def test_csv_is_tidy_and_complete(sweep):
     ok = [r for r in rows if r["status"] == "ok"]
     for r in ok:
         assert float(r["q25_ms"]) <= float(r["median_ms"]) <= float(r["q75_ms"])
+        rel = (float(r["q75_ms"]) - float(r["q25_ms"])) / float(r["median_ms"])
+        assert float(r["iqr_rel"]) == pytest.approx(rel, rel=1e-2, abs=1e-3)
+        assert r["noisy"] == ("yes" if float(r["iqr_rel"]) > 0.2 else "no")
+        assert r["index_dtype"] == ("" if r["method"] == "dense" else "int16")
         assert float(r["gbps"]) > 0 and float(r["tflops"]) > 0
         assert r["torch_version"] and r["triton_version"] and r["device_name"]
     measured = {(r["method"], r["dtype"]) for r in ok}
@@ -58,6 +63,8 @@ def test_csv_is_tidy_and_complete(sweep):
         if r["method"] in ("condensed_triton", "csr_triton"):
             assert r["status"].startswith("skipped: no GPU")
     assert "skipped" in res.stderr and "no GPU" in res.stderr
+    # a warning says how many timings are noisy, exactly when some are
+    assert ("WARNING" in res.stderr) == any(r["noisy"] == "yes" for r in ok)
     # the sanity check of each forward against the dense product
     assert all(float(r["max_rel_err"]) < 3e-2 for r in ok if r["max_rel_err"])
 
@@ -102,3 +109,62 @@ def test_cost_model():
     assert flops == 2 * 8 * 96 * 16
     assert nbytes == 96 * 16 * (4 + 2) + 4 * 8 * (64 + 96)  # values + int16 indices, x and y
     assert p.cost("dense", 8, "train")[0] == 3 * 2 * 8 * 64 * 96
+
+
+def _row(method, median, q25, q75, **kw):
+    base = dict(device_type="cpu", device_name="cpu", threads="1", torch_version="t", triton_version="t",
+                dtype="fp32", in_features=8, out_features=8, batch=1, sparsity=0.9, method=method, mode="forward",
+                status="ok", median_ms=median, q25_ms=q25, q75_ms=q75)
+    base.update(kw)
+    return base
+
+
+def test_readme_table_marks_noisy_ratios(tmp_path):
+    mod = _load()
+    rows = [_row("dense", 1.0, 0.95, 1.05, sparsity=0.0, batch=1), _row("condensed_torch", 0.5, 0.4, 0.7, batch=1),
+            _row("dense", 2.0, 1.0, 3.0, sparsity=0.0, batch=2), _row("condensed_torch", 1.0, 0.99, 1.01, batch=2),
+            _row("dense", 1.0, 0.99, 1.01, sparsity=0.0, batch=4), _row("condensed_torch", 0.5, 0.49, 0.51, batch=4)]
+    path = mod.write_csv(rows, tmp_path / "t.csv")  # no noisy column: computed from the quartiles
+    text = mod.readme_table(path)
+    assert "| 8->8 | fp32 | forward | 1 | 1 | 2.00x* |" in text  # the sparse timing is noisy (60%)
+    assert "| 8->8 | fp32 | forward | 2 | 2* | 2.00x* |" in text  # the dense one is (100%)
+    assert "| 8->8 | fp32 | forward | 4 | 1 | 2.00x |" in text
+    assert "(2 of 3 ratios)" in text and "20%" in text
+    for r in rows:
+        r["noisy"] = "no"  # the CSV's own column wins (a run with another --noisy-above)
+    assert "*" not in mod.readme_table(mod.write_csv(rows, tmp_path / "u.csv")).split("\n\n")[1]
+
+
+def test_default_output_is_not_the_checkout(tmp_path, monkeypatch):
+    """Without --out-dir the CSV and its plots go to ./sweep_results in the current folder;
+    benchmarks/results/ and plots/ of the checkout only with --repo-results."""
+    import torch
+
+    mod = _load()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRITONSPARSE_BACKEND", raising=False)
+    threads = torch.get_num_threads()
+    try:
+        assert mod.main(["--shapes", "16x24", "--sparsities", "0.5", "--batches", "2", "--dtypes", "fp32",
+                         "--modes", "forward", "--methods", "dense,condensed_torch", "--min-time", "0",
+                         "--threads", "1", "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    files = sorted(p.name for p in (tmp_path / "sweep_results").iterdir())
+    assert len(files) == 1 + 3 and files[0].endswith(".csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep_results"]
+
+
+def test_llm_shapes_in_the_gpu_grid(capsys):
+    mod = _load()
+    for grid in (mod.FULL, mod.LLM):
+        assert {(4096, 14336), (14336, 4096)} <= set(mod.parse_shapes(grid["shapes"]))
+    assert "14336" not in mod.QUICK["shapes"]  # the CPU quick grid leaves them out
+    assert set(mod.parse_list(mod.LLM["batches"], int)) <= set(range(1, 17)) and "bf16" in mod.LLM["dtypes"]
+    from tritonsparse import default_index_dtype
+    import torch
+
+    assert default_index_dtype(14336) == torch.int16  # int16 indices for both LLM shapes
+    with pytest.raises(SystemExit):
+        mod.main(["--llm", "--quick"])
+    assert "pick one" in capsys.readouterr().err

@@ -23,7 +23,7 @@ def _names(s):
     return tuple(v for v in s.split(",") if v)
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's default in ``--help``, except where there is none to show (flags,
     ``None``) or the help text already says it."""
 
@@ -45,7 +45,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     from .data import DATASETS
 
     d = TrainConfig()
-    p = argparse.ArgumentParser(prog=prog, formatter_class=_Formatter,
+    p = argparse.ArgumentParser(prog=prog, formatter_class=DefaultsHelpFormatter,
                                 description="Train a dense, static, SET, RigL or SRigL sparse network, optionally "
                                             "Sparse-IFT transformed, on the condensed constant fan-in layers.")
     # comma-separated defaults are given as strings: argparse converts them like typed values
