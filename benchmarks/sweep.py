@@ -580,10 +580,11 @@ def readme_table(csv_path, target=0.9):
         _, dt, in_f, out_f, mode, b = k
         d_ms = f"{float(dense[k]['median_ms']):.3g}" + ("*" if is_noisy(dense[k]) else "")
         out.append(f"| {in_f}->{out_f} | {dt} | {mode} | {b} | {d_ms} | " + " | ".join(cells) + " |")
+    where = ("the CSV's columns `iqr_rel` and `noisy`" if "noisy" in rows[0] else
+             "computed from the CSV's quartiles, `(q75_ms - q25_ms) / median_ms`")
     out += ["", f"`*`: noisy, the spread (IQR/median) of the sparse or the dense timing is above "
-                f"{NOISY_ABOVE:.0%} ({n_noisy} of {n_cells} ratios); the CSV's `iqr_rel` and `noisy` columns "
-                "give it per timing." if n_noisy else
-                f"Every timing's spread (IQR/median) is at most {NOISY_ABOVE:.0%} (CSV columns `iqr_rel`, `noisy`)."]
+                f"{NOISY_ABOVE:.0%} ({n_noisy} of {n_cells} ratios; {where}): do not trust these ratios." if n_noisy
+            else f"Every timing's spread (IQR/median) is at most {NOISY_ABOVE:.0%} ({where})."]
     skipped = sorted({(r["method"], r["status"][len("skipped: "):]) for r in rows if r["status"].startswith("skipped")})
     if skipped:
         out += ["", "Not measured:"]
@@ -594,7 +595,8 @@ def readme_table(csv_path, target=0.9):
 
 
 # -- command line --------------------------------------------------------------------------
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (``--help``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help=f"small grid (under a minute on a CPU): {QUICK}")
     ap.add_argument("--llm", action="store_true", help=f"the Llama-3-8B MLP shapes at small batch: {LLM}")
@@ -618,6 +620,12 @@ def main(argv=None):
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--plot-only", metavar="FILE", help="re-plot a result CSV and exit")
     ap.add_argument("--readme-table", metavar="FILE", help="print the markdown table at 90%% sparsity of a CSV and exit")
+    return ap
+
+
+def main(argv=None):
+    """Run the sweep (or ``--plot-only`` / ``--readme-table``) as the command line says."""
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.quick and args.llm:
         ap.error("--quick and --llm are two different grids: pick one")

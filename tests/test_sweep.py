@@ -129,7 +129,7 @@ def test_readme_table_marks_noisy_ratios(tmp_path):
     assert "| 8->8 | fp32 | forward | 1 | 1 | 2.00x* |" in text  # the sparse timing is noisy (60%)
     assert "| 8->8 | fp32 | forward | 2 | 2* | 2.00x* |" in text  # the dense one is (100%)
     assert "| 8->8 | fp32 | forward | 4 | 1 | 2.00x |" in text
-    assert "(2 of 3 ratios)" in text and "20%" in text
+    assert "(2 of 3 ratios; computed from the CSV's quartiles" in text and "20%" in text
     for r in rows:
         r["noisy"] = "no"  # the CSV's own column wins (a run with another --noisy-above)
     assert "*" not in mod.readme_table(mod.write_csv(rows, tmp_path / "u.csv")).split("\n\n")[1]
