@@ -580,7 +580,7 @@ def readme_table(csv_path, target=0.9):
         _, dt, in_f, out_f, mode, b = k
         d_ms = f"{float(dense[k]['median_ms']):.3g}" + ("*" if is_noisy(dense[k]) else "")
         out.append(f"| {in_f}->{out_f} | {dt} | {mode} | {b} | {d_ms} | " + " | ".join(cells) + " |")
-    where = ("the CSV's columns `iqr_rel` and `noisy`" if "noisy" in rows[0] else
+    where = ("the CSV's columns `iqr_rel` and `noisy`" if any(r.get("noisy") for r in rows) else
              "computed from the CSV's quartiles, `(q75_ms - q25_ms) / median_ms`")
     out += ["", f"`*`: noisy, the spread (IQR/median) of the sparse or the dense timing is above "
                 f"{NOISY_ABOVE:.0%} ({n_noisy} of {n_cells} ratios; {where}): do not trust these ratios." if n_noisy
