@@ -55,6 +55,35 @@ def test_skip_nonfinite_counts_and_keeps_weights_finite(tmp_path):
     assert saved[-1]["skipped_steps"] == last["skipped_steps"]
 
 
+def test_skip_nonfinite_skips_an_inf_gradient_with_a_finite_loss(tmp_path, monkeypatch):
+    """The step whose backward gives inf (loss finite) is skipped: no optimizer step, the
+    weights stay as they were; the other steps train as usual."""
+    from types import SimpleNamespace
+
+    from tritonsparse.train import trainer
+
+    calls = []
+
+    class InfGradOnThirdStep(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, loss):
+            return loss.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * float("inf") if len(calls) == 3 else g
+
+    def loss_fn(*args, **kw):
+        calls.append(1)
+        return InfGradOnThirdStep.apply(torch.nn.functional.cross_entropy(*args, **kw))
+
+    monkeypatch.setattr(trainer, "F", SimpleNamespace(cross_entropy=loss_fn))
+    res = train(_cfg(tmp_path / "run", max_steps=5, skip_nonfinite=True))
+    assert res.final["skipped_steps"] == 1 and res.final["step"] == 5
+    assert res.dst.step_count == 5  # the DST schedule goes on, as the lr schedule does
+    assert all(torch.isfinite(p).all() for p in res.model.parameters())
+
+
 def test_skip_nonfinite_gives_up_when_every_step_is_skipped(tmp_path):
     # lr 1e30: after the first step every loss is inf/nan and skipping changes nothing
     with pytest.raises(DivergenceError, match="in a row"):
@@ -111,6 +140,19 @@ def test_corrupt_checkpoint_without_previous(tmp_path):
     train(_cfg(out, max_steps=2))
     (out / "checkpoint.pt").write_bytes(b"\x80\x02")
     with pytest.raises(CheckpointError, match="no previous checkpoint"):
+        train(_cfg(out, max_steps=2, resume=True))
+
+
+def test_checkpoint_with_unsafe_objects_is_refused(tmp_path):
+    """weights_only=True: a checkpoint holding arbitrary objects is not unpickled."""
+    import numpy as np
+
+    out = tmp_path / "run"
+    train(_cfg(out, max_steps=2))
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["rng"]["numpy"] = np.random.get_state()  # what older versions stored: numpy objects
+    torch.save(state, out / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="other than tensors and plain values"):
         train(_cfg(out, max_steps=2, resume=True))
 
 

@@ -95,6 +95,9 @@ def load_checkpoint(folder, map_location=None) -> dict:
         return state
     except Exception as e:  # noqa: BLE001 - any failure to read it is reported the same way
         why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:200]
+        if "weights only load failed" in str(e).lower():
+            why = (f"{type(e).__name__}: it holds objects other than tensors and plain values, which "
+                   "torch.load(weights_only=True) refuses; a checkpoint of an older version?")
         if not prev.is_file():
             hint = "there is no previous checkpoint to fall back on"
         else:
