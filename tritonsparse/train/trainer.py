@@ -398,7 +398,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         mem, mem_kind = peak_memory_mb(device)
         record = {
             "epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
-            "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+            # NaN when every step of the epoch was skipped (skip_nonfinite)
+            "train_loss": loss_sum / seen if seen else float("nan"),
+            "train_acc": correct / seen if seen else float("nan"),
             "test_loss": test_loss, "test_acc": test_acc,
             "sparsity": 1.0 - nnz / numel if numel else 0.0,
             "active_neurons": sum(s["active_neurons"] for s in layers.values()),
