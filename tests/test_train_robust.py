@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tritonsparse.train import TrainConfig, train
+from tritonsparse.train import CheckpointError, DivergenceError, TrainConfig, train
 from tritonsparse.train import _io
-from tritonsparse.train._io import CheckpointError
 from tritonsparse.train.cli import main
-from tritonsparse.train.trainer import DivergenceError
 
 from test_train import _cpu_path  # noqa: F401 - autouse: the torch path, one thread
 
