@@ -115,7 +115,7 @@ class Pattern:
                 return self._transposed
         self.check_range(indices)
         self._transposed = transpose_structure(indices, self.in_features)
-        self._built_from = _stamp(indices) if cuda else indices.clone()
+        self._built_from = _stamp(indices) if cuda else indices.clone(memory_format=torch.contiguous_format)
         return self._transposed
 
 

@@ -39,7 +39,9 @@ def _forward_pattern(indices):
     themselves when they are int32 (never a stale copy); int16 ones are widened here,
     on every call (about as cheap as the range check)."""
     n, k = indices.shape
-    return _row_pointers(n, k, indices.device), indices.reshape(-1).to(torch.int32)
+    # contiguous: reshape(-1) of a column slice such as indices[:, ::2] is a strided view,
+    # which the CSR constructor would take as it is (a silent wrong product)
+    return _row_pointers(n, k, indices.device), indices.reshape(-1).to(torch.int32).contiguous()
 
 
 def condensed_fwd(x2, values, indices, bias):
@@ -48,7 +50,7 @@ def condensed_fwd(x2, values, indices, bias):
     lie in [0, in_features): MKL does not check them (the caller does, every call)."""
     n = values.shape[0]
     crow, col = _forward_pattern(indices)
-    w = _csr(crow, col, values.reshape(-1).float(), (n, x2.shape[1]))
+    w = _csr(crow, col, values.reshape(-1).float().contiguous(), (n, x2.shape[1]))
     if x2.shape[0] == 1:  # MKL's sparse matrix-vector product beats its (n, 1) matmul
         y_t = torch.mv(w, x2[0].float()).unsqueeze(1)
     else:
