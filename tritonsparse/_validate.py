@@ -27,11 +27,16 @@ def check_same_device(**tensors):
             raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}; move them to one device")
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer)
+
+
 def is_symbolic(t: torch.Tensor) -> bool:
     """True for meta and fake tensors (and while ``torch.compile`` traces): tensors
     without values, whose checks are left to the run with real data."""
-    if torch.compiler.is_compiling() or t.device.type == "meta":
+    if torch.compiler.is_compiling() or t.is_meta:
         return True
+    if type(t) in _PLAIN:  # the common case, without is_fake's few microseconds
+        return False
     from torch._subclasses.fake_tensor import is_fake
 
     return is_fake(t)
