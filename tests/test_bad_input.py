@@ -626,6 +626,15 @@ def _():
     _csr_with(crow=lambda c: c.index_fill_(0, c.new_tensor([N]), int(c[-1]) + 5))
 
 
+@case("csr_fewer_values_than_columns", ValueError, "weight.values()")
+def _():
+    import torch
+    from tritonsparse import csr_matmul
+    w = torch.sparse_csr_tensor(torch.tensor([0, 2, 3]), torch.tensor([0, 1, 2]), torch.randn(2), (2, 4),
+                                check_invariants=False)
+    csr_matmul(torch.randn(1, 4), w)
+
+
 @case("csr_dense_weight", TypeError, "weight")
 def _():
     from tritonsparse import csr_matmul

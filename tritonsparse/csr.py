@@ -52,9 +52,9 @@ def _derived(weight, name, compute, on_cpu=False):
 
 
 def _check_structure(weight):
-    """``ValueError`` unless ``weight`` is a well-formed CSR matrix: crow of length
-    out_features + 1, starting at 0, non-decreasing, ending at nnz; columns in
-    [0, in_features). ``torch.sparse_csr_tensor(..., check_invariants=False)`` (the
+    """``ValueError`` unless ``weight`` is a well-formed CSR matrix: one value per
+    column index; crow of length out_features + 1, starting at 0, non-decreasing, ending
+    at nnz; columns in [0, in_features). ``torch.sparse_csr_tensor(..., check_invariants=False)`` (the
     default) accepts anything, and MKL/the kernels would read out of bounds. CPU
     weights are checked on every call (O(nnz + out_features)); CUDA ones once per stamp."""
     if is_symbolic(weight):
@@ -64,6 +64,10 @@ def _check_structure(weight):
         out_features, in_features = weight.shape
         crow, col = weight.crow_indices(), weight.col_indices()
         nnz = col.numel()
+        vals = weight.values()
+        if col.dim() != 1 or vals.dim() != 1 or vals.numel() != nnz:
+            raise ValueError(f"weight.values() has shape {tuple(vals.shape)} and weight.col_indices() {tuple(col.shape)}; "
+                             "both must be 1-D with one entry per nonzero")
         if crow.dim() != 1 or crow.numel() != out_features + 1:
             raise ValueError(f"weight.crow_indices() has shape {tuple(crow.shape)}; expected ({out_features + 1},)")
         if int(crow[0]) != 0 or int(crow[-1]) != nnz or (out_features and bool((crow.diff() < 0).any())):
