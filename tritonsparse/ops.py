@@ -241,7 +241,9 @@ def _condensed_matmul(x, values, indices, bias=None, check_index_range=True, pat
     _validate(x, values, indices, bias)
     lead, in_features = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, in_features) if in_features != 0 else x.reshape(lead.numel(), 0)
-    if pattern is None:
+    if torch.compiler.is_compiling():  # the registered op derives what it needs at run time
+        pattern = None
+    elif pattern is None:
         pattern = pattern_for(indices, in_features)
     elif pattern.in_features != in_features:
         raise ValueError(f"pattern describes in_features={pattern.in_features} but x has {in_features}")
