@@ -2,7 +2,7 @@
 
 A condensed pattern is its ``indices`` (n, K) array for ``in_features`` columns. Two
 things are derived from it: the index-range check, and the transposed (CSC) structure
-that dX gathers over. :class:`Pattern` holds both for one indices tensor.
+that dX gathers over. :class:`Pattern` keeps both for one pattern.
 
 Ownership (see the README, ``condensed_matmul``):
 
@@ -11,16 +11,17 @@ Ownership (see the README, ``condensed_matmul``):
 * The functional ``condensed_matmul(x, values, indices)`` has no owner to ask, so it
   keeps one ``Pattern`` per live indices tensor (:func:`pattern_for`).
 
-Either way a Pattern re-checks itself before it is used, so that writing the indices in
-place (also through ``.data``, a numpy alias or DLPack, which do not bump the version
-counter) can never make a kernel read outside ``x``:
+Either way a Pattern re-checks the indices before its structures are used:
 
 * CPU tensors (the torch path and the interpreter): the range is checked on every
   call (one ``aminmax`` over n·K indices); the transposed structure is reused only
-  while the indices equal the snapshot it was built from (an exact comparison).
+  while the indices equal the snapshot it was built from (an exact comparison). So no
+  write to the indices, not even through ``.data``, a numpy alias or DLPack (which do
+  not bump the version counter), can make MKL or the interpreter read outside ``x``.
 * CUDA tensors: a check syncs with the host, so both are redone only when the tensor's
-  version counter moves (ordinary in-place writes). Writes that bypass it are caught by
-  the owner rebuilding its Pattern, and the kernels mask indices >= in_features.
+  version counter moves (ordinary in-place writes) or the owner starts a new Pattern
+  (``set_pattern``, ``load_state_dict``). A write that bypasses both is left to the
+  kernels' mask on indices >= in_features.
 
 Data flows one way: this module knows nothing of ops, formats or layers.
 """

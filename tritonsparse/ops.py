@@ -207,8 +207,9 @@ def condensed_matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tenso
     Raises:
         ValueError/TypeError naming the argument. An index outside [0, in_features) is
         a ``ValueError``: CPU tensors are checked on every call (one pass over the
-        indices), CUDA tensors once per version of the ``indices`` tensor (and the
-        kernels never read past x). The transposed structure of the backward is kept
+        indices), CUDA tensors once per version of the ``indices`` tensor (a write
+        that bypasses the version counter is left to the kernels' index mask). The
+        transposed structure of the backward is kept
         per ``indices`` tensor and rebuilt when it changes (see
         :mod:`tritonsparse._structure`).
 
