@@ -2,12 +2,11 @@
 
 Every case either raises a ``ValueError``/``TypeError`` whose message names the argument,
 or returns the result of a dense fp64 reference. Never a crash, never a silent wrong
-answer. The cases run in one subprocess per backend (``torch``, and ``triton`` under
-Triton's interpreter), so a segfault fails the case it happened in instead of killing
-pytest; after a crash the subprocess is restarted at the next case.
+answer. Every case runs on both backends (``torch``, and ``triton`` under Triton's
+interpreter) in a subprocess, so a segfault fails the case it happened in instead of
+killing pytest; after a crash the subprocess is restarted at the next case.
 
-Run by hand: ``python tests/test_bad_input.py torch`` (or ``triton``) prints one JSON line
-per case.
+Run by hand: ``python tests/test_bad_input.py`` prints one JSON line per (backend, case).
 """
 from __future__ import annotations
 
@@ -683,38 +682,44 @@ def _outcome(name):
     return "ok", "result matches"
 
 
-def _main(backend, start=None):
-    """Run every case (from ``start`` on) in this process, one JSON line each."""
+def _main(start=None):
+    """Run every (backend, case) from ``start`` on in this process, one JSON line each.
+    Triton's interpreter is on throughout; ``TRITONSPARSE_BACKEND`` (read on every call)
+    picks the backend of each case."""
     import warnings
 
     import torch
 
     warnings.simplefilter("ignore")
-    names = list(CASES)
+    keys = _keys()
     if start:
-        names = names[names.index(start):]
-    for name in names:
-        print(json.dumps({"case": name, "started": True}), flush=True)
+        keys = keys[keys.index(start):]
+    for key in keys:
+        backend, name = key.split("/")
+        os.environ["TRITONSPARSE_BACKEND"] = backend
+        print(json.dumps({"case": key, "started": True}), flush=True)
         torch.manual_seed(0)
         status, msg = _outcome(name)
-        print(json.dumps({"case": name, "status": status, "msg": msg}), flush=True)
+        print(json.dumps({"case": key, "status": status, "msg": msg}), flush=True)
 
 
-def _env(backend):
+def _keys():
+    return [f"{backend}/{name}" for backend in BACKENDS for name in CASES]
+
+
+def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(HERE.parent), env.get("PYTHONPATH", "")])
-    env["TRITONSPARSE_BACKEND"] = backend
-    if backend == "triton":
-        env["TRITON_INTERPRET"] = "1"
+    env["TRITON_INTERPRET"] = "1"
     return env
 
 
-def _run_all(backend):
-    """Outcomes of every case on ``backend``, from subprocesses restarted after a crash."""
-    results, start = {}, None
+def _run_all():
+    """Outcomes of every (backend, case), from subprocesses restarted after a crash."""
+    results, start, keys = {}, None, _keys()
     while True:
-        proc = subprocess.run([sys.executable, __file__, backend] + ([start] if start else []),
-                              capture_output=True, text=True, env=_env(backend), timeout=600)
+        proc = subprocess.run([sys.executable, __file__] + ([start] if start else []),
+                              capture_output=True, text=True, env=_env(), timeout=900)
         last = None
         for line in proc.stdout.splitlines():
             if line.startswith("{"):
@@ -725,33 +730,27 @@ def _run_all(backend):
         if proc.returncode == 0:
             return results
         if last is None or last in results:  # died outside a case
-            pytest.fail(f"the {backend} subprocess failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}")
+            pytest.fail(f"the subprocess failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}")
         results[last] = ("fail", f"CRASHED (rc={proc.returncode}): {proc.stderr[-1500:]}")
-        names = list(CASES)
-        if names.index(last) + 1 == len(names):
+        if keys.index(last) + 1 == len(keys):
             return results
-        start = names[names.index(last) + 1]
+        start = keys[keys.index(last) + 1]
 
 
 @pytest.fixture(scope="session")
 def bad_input_results(tmp_path_factory):
-    """``results(backend)``: run once per backend and shared by the xdist workers (the
-    session's base temp folder is common to them)."""
+    """Every outcome, computed once and shared by the xdist workers (the session's base
+    temp folder is common to them)."""
     from filelock import FileLock  # a dependency of torch
 
-    shared = tmp_path_factory.getbasetemp().parent
-    memo = {}
-
-    def results(backend):
-        if backend not in memo:
-            path = shared / f"bad_input_{backend}.json"
-            with FileLock(str(path) + ".lock"):
-                if not path.exists():
-                    path.write_text(json.dumps(_run_all(backend)))
-                memo[backend] = json.loads(path.read_text())
-        return memo[backend]
-
-    return results
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker has its own subfolder of the session's
+        base = base.parent
+    path = base / "bad_input_results.json"
+    with FileLock(str(path) + ".lock"):
+        if not path.exists():
+            path.write_text(json.dumps(_run_all()))
+        return json.loads(path.read_text())
 
 
 def test_enough_cases():
@@ -761,11 +760,11 @@ def test_enough_cases():
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_input(bad_input_results, backend, name):
-    status, msg = bad_input_results(backend)[name]
+    status, msg = bad_input_results[f"{backend}/{name}"]
     assert status == "ok", f"{backend}/{name}: {msg}"
 
 
 if __name__ == "__main__":
     sys.path[:0] = [str(HERE), str(HERE.parent)]
-    os.environ.update({k: v for k, v in _env(sys.argv[1]).items() if k.startswith("TRITON")})
-    _main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
+    os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported
+    _main(sys.argv[1] if len(sys.argv) > 1 else None)
