@@ -184,3 +184,9 @@ def test_cuda_range_check_once_per_version():
     indices[0, 0] = 16  # bumps the version
     with pytest.raises(ValueError, match="indices holds 16"):
         pattern.check_range(indices)
+    layer = CondensedLinear(16, 4, fan_in=3, device="cuda")
+    assert layer._pattern._checked is not None  # set_pattern's check counts: no second sync
+    layer.indices.data[0] = 99  # behind the version counter: left to the kernels' mask
+    layer.indices[1] = 99  # bumps it: checked again
+    with pytest.raises(ValueError, match="indices holds 99"):
+        layer(torch.randn(2, 16, device="cuda"))

@@ -106,6 +106,13 @@ class Pattern:
             check_indices_in_range(name, indices, self.in_features)
             self._checked = stamp
 
+    def checked_by_owner(self, indices: torch.Tensor) -> None:
+        """Record that the owner has just range-checked ``indices`` (``set_pattern`` does,
+        through ``CondensedWeight``): on CUDA the next check is skipped until the tensor
+        changes, which saves a host sync per pattern update. CPU checks every call anyway."""
+        if indices.device.type == "cuda" and not is_symbolic(indices):
+            self._checked = _stamp(indices)
+
     def transposed(self, indices: torch.Tensor):
         """``transpose_structure(indices, in_features)``, rebuilt (and range-checked)
         when the indices differ from those it was built from."""

@@ -95,6 +95,7 @@ class CondensedLinear(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
         self._refresh()
         check_indices_in_range("indices", self._indices_view, self.in_features)
+        self._pattern.checked_by_owner(self._indices_view)
 
     @property
     def capacity(self) -> int:
@@ -126,6 +127,7 @@ class CondensedLinear(nn.Module):
         self.active_mask[cw.active_rows] = True
         self.fan_in_buffer.fill_(cw.fan_in)
         self._refresh(cw.fan_in, cw.active_rows)
+        self._pattern.checked_by_owner(self._indices_view)  # CondensedWeight checked these values
 
     @torch.no_grad()
     def reset_parameters(self):
