@@ -88,3 +88,24 @@ def test_trains_like_a_linear_layer():
         loss.backward()
         opt.step()
     assert loss.item() < 1e-3
+
+
+def test_meta_init_then_to_empty_and_load():
+    """Built on the meta device (no values), materialised with to_empty (garbage buffers),
+    then loaded: the layer keeps its sizes meanwhile and never reads the garbage."""
+    layer = CondensedLinear(10, 4, fan_in=3, device="meta")
+    assert layer(torch.randn(2, 10, device="meta")).shape == (2, 4)
+    layer.to_empty(device="cpu")
+    assert (layer.fan_in, layer.n_active) == (3, 4)
+    source = CondensedLinear(10, 4, fan_in=3)
+    layer.load_state_dict(source.state_dict())
+    x = torch.randn(2, 10)
+    torch.testing.assert_close(layer(x), source(x))
+
+
+def test_state_dict_with_an_impossible_fan_in_is_rejected():
+    layer = CondensedLinear(10, 4, fan_in=3)
+    state = layer.state_dict()
+    state["fan_in_buffer"].fill_(99)
+    with pytest.raises(ValueError, match="fan_in_buffer"):
+        layer.load_state_dict(state)

@@ -76,4 +76,18 @@ def test_transpose_structure_lists_every_reader():
         assert (flat[readers] == i).all()
         assert rows[crow[i] : crow[i + 1]].tolist() == (readers // 3).tolist()
     assert int(crow[-1]) == indices.numel()
-    assert transpose_structure(indices, 10)[2] is perm  # cached while indices is unchanged
+
+
+def test_pattern_keeps_the_transpose_while_the_indices_are_unchanged():
+    from tritonsparse._structure import Pattern
+
+    indices = random_indices(6, 3, 10)
+    pattern = Pattern(10)
+    perm = pattern.transposed(indices)[2]
+    assert pattern.transposed(indices)[2] is perm  # kept
+    indices.data[0, 0] = (int(indices[0, 0]) + 1) % 10  # behind the version counter
+    assert pattern.transposed(indices)[2] is not perm  # rebuilt: the content differs
+    torch.testing.assert_close(pattern.transposed(indices)[2], transpose_structure(indices, 10)[2])
+    indices.data[1, 1] = 10
+    with pytest.raises(ValueError, match="indices holds 10"):
+        pattern.transposed(indices)

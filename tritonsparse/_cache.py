@@ -1,20 +1,20 @@
-"""Per-tensor memo: results derived from a tensor (its index range, its transpose),
-kept while the tensor is alive and unmodified (same storage, same version counter)."""
+"""A memo attached to a live object (a tensor): a dict that lives as long as the object
+and is dropped with it. What goes in it, and when an entry is stale, is the caller's
+business (see :mod:`tritonsparse._structure` and :mod:`tritonsparse.csr`); nothing
+here looks at a tensor's storage or version counter."""
 from __future__ import annotations
 
 import weakref
 
-_store: dict[tuple[int, str], tuple] = {}
+_store: dict[int, tuple] = {}
 
 
-def cached(tensor, name: str, compute):
-    key = (id(tensor), name)
-    stamp = (tensor.data_ptr(), tensor._version, tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+def memo_of(obj) -> dict:
+    """The memo dict of ``obj``, created empty on first use and discarded when ``obj``
+    is garbage-collected. Entries must not reference ``obj`` (that would keep it alive)."""
+    key = id(obj)
     hit = _store.get(key)
-    if hit is not None:
-        ref, old_stamp, value = hit
-        if ref() is tensor and old_stamp == stamp:
-            return value
-    value = compute()
-    _store[key] = (weakref.ref(tensor, lambda _r, k=key: _store.pop(k, None)), stamp, value)
-    return value
+    if hit is None or hit[0]() is not obj:
+        hit = (weakref.ref(obj, lambda _r, k=key: _store.pop(k, None)), {})
+        _store[key] = hit
+    return hit[1]

@@ -27,27 +27,32 @@ def check_same_device(**tensors):
             raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}; move them to one device")
 
 
-def index_range(indices: torch.Tensor) -> tuple[int, int]:
-    """(min, max) of ``indices`` (one host sync); cached while the tensor is unchanged."""
-    from ._cache import cached
-
-    def compute():
-        if indices.numel() == 0:
-            return (0, -1)
-        ext = torch.aminmax(indices)
-        return (int(ext.min), int(ext.max))
-
-    return cached(indices, "index_range", compute)
+_PLAIN = (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer)
 
 
-def check_indices_in_range(name: str, indices: torch.Tensor, in_features: int):
-    if torch.compiler.is_compiling():  # value checks need a host sync; traced graphs skip them
+def is_symbolic(t: torch.Tensor) -> bool:
+    """True for meta and fake tensors (and while ``torch.compile`` traces): tensors
+    without values, whose checks are left to the run with real data."""
+    if torch.compiler.is_compiling() or t.is_meta:
+        return True
+    if type(t) in _PLAIN:  # the common case, without is_fake's few microseconds
+        return False
+    from torch._subclasses.fake_tensor import is_fake
+
+    return is_fake(t)
+
+
+def check_indices_in_range(name: str, indices: torch.Tensor, in_features: int) -> None:
+    """Raise ``ValueError`` naming ``name`` when an index lies outside [0, in_features).
+    One pass over the indices (a host sync on CUDA); no-op for meta/fake tensors."""
+    if indices.numel() == 0 or is_symbolic(indices):
         return
-    lo, hi = index_range(indices)
-    if indices.numel() and (lo < 0 or hi >= in_features):
+    ext = torch.aminmax(indices)
+    lo, hi = int(ext.min), int(ext.max)
+    if lo < 0 or hi >= in_features:
         bad = lo if lo < 0 else hi
-        raise ValueError(
-            f"{name} holds {bad}, out of range for in_features={in_features} (x's last dimension; valid: 0..{in_features - 1})")
+        raise ValueError(f"{name} holds {bad}, out of range for in_features={in_features} "
+                         f"(x's last dimension; valid: 0..{in_features - 1})")
 
 
 def check_in_features(x, in_features: int):

@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._structure import Pattern, pattern_for
 from ._triton import backend_for
-from ._validate import FLOAT_DTYPES, check_same_device, check_tensor
+from ._validate import FLOAT_DTYPES, INDEX_DTYPES, check_same_device, check_tensor
 from .ops import _backward as _matmul_backward
 from .ops import _condensed_matmul, _grad_bias
 
@@ -52,15 +53,17 @@ class _ImplicitConv2d(torch.autograd.Function):
     gradient and ``F.fold``."""
 
     @staticmethod
-    def forward(ctx, x, values, indices, bias, geometry):
+    def forward(ctx, x, values, indices, bias, geometry, pattern):
         from .kernels.condensed_conv import condensed_conv_fwd
 
         kernel_size, stride, padding, dilation = geometry
         out_hw = output_size(x.shape[2:], *geometry)
+        pattern.check_range(indices)
         y = torch.empty(x.shape[0], values.shape[0], *out_hw, dtype=x.dtype, device=x.device)
+        bias = bias.contiguous() if bias is not None else None  # the kernel reads the bias as contiguous
         condensed_conv_fwd(x, values, indices, bias, y, kernel_size, stride, padding, dilation)
         ctx.save_for_backward(x, values, indices)
-        ctx.geometry, ctx.has_bias = geometry, bias is not None
+        ctx.geometry, ctx.has_bias, ctx.pattern = geometry, bias is not None, pattern
         return y
 
     @staticmethod
@@ -75,15 +78,17 @@ class _ImplicitConv2d(torch.autograd.Function):
             in_features = x.shape[1] * kernel_size[0] * kernel_size[1]
             grad2 = nchw_to_rows(grad).contiguous()
             # only the dX half of the condensed matmul backward: x is not needed there
-            gx2, _ = _matmul_backward(grad2, grad2.new_empty(0, in_features), False, values, indices, True, False)
+            gx2, _ = _matmul_backward(grad2, grad2.new_empty(0, in_features), False, values, indices, True, False,
+                                      ctx.pattern)
             cols = gx2.view(x.shape[0], -1, in_features).transpose(1, 2)  # (B, CKK, L)
             gx = F.fold(cols, x.shape[2:], kernel_size, dilation=dilation, padding=padding, stride=stride)
         if ctx.needs_input_grad[1]:
+            ctx.pattern.check_range(indices)  # the indices may have been written since the forward
             gv = torch.empty(values.shape, dtype=values.dtype, device=values.device)
             condensed_conv_dw(x, grad, indices, gv, kernel_size, stride, padding, dilation)
         if ctx.has_bias and ctx.needs_input_grad[3]:
             gb = _grad_bias(nchw_to_rows(grad), grad.dtype)
-        return gx, gv, None, gb, None
+        return gx, gv, None, gb, None, None
 
 
 def uses_implicit(x: torch.Tensor) -> bool:
@@ -91,28 +96,45 @@ def uses_implicit(x: torch.Tensor) -> bool:
     return backend_for(x.device) == "triton" and not torch.compiler.is_compiling()
 
 
-def condensed_conv2d(x, values, indices, bias, kernel_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+def condensed_conv2d(x, values, indices, bias, kernel_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                     pattern: Pattern | None = None):
     """Convolution of x (B, C, H, W) with a condensed (n, K) weight over C·kh·kw.
 
     ``y[b, o, oh, ow] = sum_k values[o, k] * xpad[b, c, oh·sh + dy·dh, ow·sw + dx·dw] + bias[o]``
     with ``(c, dy, dx)`` decoded from ``indices[o, k]``. Returns (B, n, OH, OW).
-    Geometry arguments are (h, w) int pairs; the caller validates the indices' range
-    (the layer does it once, when its pattern is set). Differentiable in x, values and
-    bias. Implicit im2col on the Triton backend, unfold + ``condensed_matmul`` otherwise.
+    Geometry arguments are (h, w) int pairs. ``pattern`` is the owner's
+    :class:`~tritonsparse._structure.Pattern` of ``indices`` (None: the one kept for the
+    tensor); the indices are range-checked as in ``condensed_matmul``. Differentiable
+    in x, values and bias. Implicit im2col on the Triton backend, unfold +
+    ``condensed_matmul`` otherwise (also for an empty batch, n or K: no kernel launch).
     """
     geometry = (tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
+    check_tensor("x", x, FLOAT_DTYPES, ndim=4)
     out_hw = output_size(x.shape[2:], *geometry)
-    if not uses_implicit(x):
-        y2 = _condensed_matmul(unfold_rows(x, *geometry), values, indices, bias, check_index_range=False)
+    if min(out_hw) < 1:
+        raise ValueError(f"x has spatial size {tuple(x.shape[2:])}, too small for kernel_size={geometry[0]}, "
+                         f"padding={geometry[2]}, dilation={geometry[3]}")
+    empty = x.shape[0] == 0 or (isinstance(values, torch.Tensor) and 0 in values.shape)
+    if empty or not uses_implicit(x):  # an empty product launches no kernel: the unfold path handles it
+        y2 = _condensed_matmul(unfold_rows(x, *geometry), values, indices, bias, pattern=pattern)
         return rows_to_nchw(y2, x.shape[0], out_hw)
-    if torch.is_autocast_enabled(x.device.type):
+    if torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
         x, values = x.to(dtype), values.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
-    check_tensor("x", x, FLOAT_DTYPES, ndim=4)
+    check_tensor("values", values, FLOAT_DTYPES, ndim=2)
+    check_tensor("indices", indices, INDEX_DTYPES, ndim=2)
+    if values.shape != indices.shape:
+        raise ValueError(f"values has shape {tuple(values.shape)} but indices has shape {tuple(indices.shape)}; they must match")
+    if bias is not None:
+        check_tensor("bias", bias, FLOAT_DTYPES, ndim=1)
+        if bias.shape[0] != values.shape[0]:
+            raise ValueError(f"bias has {bias.shape[0]} entries but values has {values.shape[0]} rows (out_channels)")
     check_same_device(x=x, values=values, indices=indices, bias=bias)
     if values.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
         raise TypeError(f"values/bias have dtype {values.dtype}/{None if bias is None else bias.dtype} "
                         f"but x has dtype {x.dtype}; they must match")
+    in_features = x.shape[1] * geometry[0][0] * geometry[0][1]
+    pattern = pattern if pattern is not None else pattern_for(indices, in_features)
     with torch.autocast(x.device.type, enabled=False):
-        return _ImplicitConv2d.apply(x, values, indices, bias, geometry)
+        return _ImplicitConv2d.apply(x, values, indices, bias, geometry, pattern)

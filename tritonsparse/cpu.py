@@ -9,12 +9,10 @@ which also gives the fp32 accumulation the kernels use.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
-
-from ._cache import cached
-from .formats import transpose_structure
 
 # torch warns on every CSR construction that the layout is beta; that is known here
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -26,25 +24,33 @@ def _csr(crow, col, values, shape):
     return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
-def _forward_pattern(indices):
-    """(crow, col) int32 arrays of the condensed pattern, cached per indices tensor."""
-
-    def compute():
-        n, k = indices.shape
-        crow = torch.arange(0, n * k + 1, max(k, 1), dtype=torch.int32, device=indices.device)[: n + 1]
+@functools.lru_cache(maxsize=64)
+def _row_pointers(n, k, device):
+    """``arange(0, n*K + 1, K)`` as int32: the row pointers of every (n, K) pattern
+    (made outside inference mode, so the cached tensor serves every later call)."""
+    with torch.inference_mode(False):
         if k == 0:
-            crow = torch.zeros(n + 1, dtype=torch.int32, device=indices.device)
-        return crow, indices.reshape(-1).to(torch.int32)
+            return torch.zeros(n + 1, dtype=torch.int32, device=device)
+        return torch.arange(0, n * k + 1, k, dtype=torch.int32, device=device)
 
-    return cached(indices, "cpu_forward_pattern", compute)
+
+def _forward_pattern(indices):
+    """(crow, col) int32 arrays of the condensed pattern. ``col`` is the indices
+    themselves when they are int32 (never a stale copy); int16 ones are widened here,
+    on every call (about as cheap as the range check)."""
+    n, k = indices.shape
+    # contiguous: reshape(-1) of a column slice such as indices[:, ::2] is a strided view,
+    # which the CSR constructor would take as it is (a silent wrong product)
+    return _row_pointers(n, k, indices.device), indices.reshape(-1).to(torch.int32).contiguous()
 
 
 def condensed_fwd(x2, values, indices, bias):
     """x2: (B, in_features) -> (B, n), as the transposed view of an (n, B) result (a copy
-    to row-major would cost as much as the small-batch product itself)."""
+    to row-major would cost as much as the small-batch product itself). The indices must
+    lie in [0, in_features): MKL does not check them (the caller does, every call)."""
     n = values.shape[0]
     crow, col = _forward_pattern(indices)
-    w = _csr(crow, col, values.reshape(-1).float(), (n, x2.shape[1]))
+    w = _csr(crow, col, values.reshape(-1).float().contiguous(), (n, x2.shape[1]))
     if x2.shape[0] == 1:  # MKL's sparse matrix-vector product beats its (n, 1) matmul
         y_t = torch.mv(w, x2[0].float()).unsqueeze(1)
     else:
@@ -54,9 +60,10 @@ def condensed_fwd(x2, values, indices, bias):
     return y_t.to(x2.dtype).t()
 
 
-def condensed_dx(grad2, values, indices, in_features):
-    """grad2: (B, n) -> dX (B, in_features) = grad2 @ W."""
-    crow, rows, perm = transpose_structure(indices, in_features)
+def condensed_dx(grad2, values, transposed, in_features):
+    """grad2: (B, n) -> dX (B, in_features) = grad2 @ W, over ``transposed``, the
+    pattern's ``(crow, rows, perm)`` (:meth:`tritonsparse._structure.Pattern.transposed`)."""
+    crow, rows, perm = transposed
     vals = values.reshape(-1).float().index_select(0, perm)  # index_select: ~3x faster than v[perm] here
     wt = _csr(crow, rows, vals, (in_features, values.shape[0]))
     return torch.sparse.mm(wt, grad2.t().float().contiguous()).t().to(grad2.dtype).contiguous()

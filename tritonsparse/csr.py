@@ -8,42 +8,82 @@ Backends as for ``condensed_matmul`` (:mod:`tritonsparse._triton`):
     length, long rows split); dX runs over the transposed (CSC) structure. The weight
     gradient is ``torch.sparse.sampled_addmm`` (cuSPARSE SDDMM), not a Triton kernel.
   * torch: ``torch.sparse.mm`` (MKL on CPU) in fp32, cast back (MKL has no bf16).
-The index structures derived from a weight (int32 copies, the transpose, the plans) are
-computed once per weight and kept while the weight object is alive and its structure
-unchanged.
+The weight's structure (crow, columns) is validated on every call for CPU weights and
+once per weight (and version) on CUDA. The index structures derived from a weight (int32
+copies, the transpose, the plans) are computed once per CUDA weight and kept while the
+weight object is alive and its structure unchanged; on CPU only the transpose of the
+backward is kept, while the columns equal those it was built from.
 """
 from __future__ import annotations
 
 import warnings
-import weakref
 
 import torch
 
+from ._cache import memo_of
+from ._structure import same_content, transpose_structure
 from ._triton import backend_for
-from ._validate import FLOAT_DTYPES, check_same_device, check_tensor
-from .formats import transpose_structure
+from ._validate import FLOAT_DTYPES, check_same_device, check_tensor, is_symbolic
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 # -- per-weight cache of derived index structures -------------------------------------------
-_store: dict[int, tuple] = {}
-
-
-def _derived(weight, name, compute):
-    """``compute()`` memoised per (weight object, name) while its structure is unchanged.
-    (``tritonsparse._cache.cached`` keys on a strided tensor's storage; a CSR tensor has
-    none, so its stamp is made of its index arrays.)"""
+def _stamp(weight):
     crow, col = weight.crow_indices(), weight.col_indices()
-    stamp = (crow.data_ptr(), col.data_ptr(), col.numel(), tuple(weight.shape), weight._version)
-    key = id(weight)
-    hit = _store.get(key)
-    if hit is None or hit[0]() is not weight or hit[1] != stamp:
-        hit = (weakref.ref(weight, lambda _r, k=key: _store.pop(k, None)), stamp, {})
-        _store[key] = hit
-    memo = hit[2]
+    version = "inference" if weight.is_inference() else weight._version
+    return (crow.data_ptr(), col.data_ptr(), col.numel(), tuple(weight.shape), version)
+
+
+def _derived(weight, name, compute, on_cpu=False):
+    """``compute()`` memoised per (weight object, name) while its structure is unchanged
+    (same index arrays and version). Writes into ``weight.col_indices()`` bypass that
+    stamp, so CPU weights are memoised only where the caller re-checks the content
+    (``on_cpu=True``, the transposed structure); the CUDA kernels mask what they read."""
+    if weight.device.type != "cuda" and not on_cpu:
+        return compute()
+    memo = memo_of(weight)
+    stamp = _stamp(weight)
+    if memo.get("stamp") != stamp:
+        memo.clear()
+        memo["stamp"] = stamp
     if name not in memo:
         memo[name] = compute()
     return memo[name]
+
+
+def _check_structure(weight):
+    """``ValueError`` unless ``weight`` is a well-formed CSR matrix: one value per
+    column index; crow of length out_features + 1, starting at 0, non-decreasing, ending
+    at nnz; columns in [0, in_features). ``torch.sparse_csr_tensor(..., check_invariants=False)`` (the
+    default) accepts anything, and MKL/the kernels would read out of bounds. CPU
+    weights are checked on every call (O(nnz + out_features)); CUDA ones once per stamp."""
+    if is_symbolic(weight):
+        return
+
+    def check():
+        out_features, in_features = weight.shape
+        crow, col = weight.crow_indices(), weight.col_indices()
+        nnz = col.numel()
+        vals = weight.values()
+        if col.dim() != 1 or vals.dim() != 1 or vals.numel() != nnz:
+            raise ValueError(f"weight.values() has shape {tuple(vals.shape)} and weight.col_indices() {tuple(col.shape)}; "
+                             "both must be 1-D with one entry per nonzero")
+        if crow.dim() != 1 or crow.numel() != out_features + 1:
+            raise ValueError(f"weight.crow_indices() has shape {tuple(crow.shape)}; expected ({out_features + 1},)")
+        if int(crow[0]) != 0 or int(crow[-1]) != nnz or (out_features and bool((crow.diff() < 0).any())):
+            raise ValueError(f"weight.crow_indices() must start at 0, never decrease and end at nnz={nnz}")
+        if nnz:
+            ext = torch.aminmax(col)
+            lo, hi = int(ext.min), int(ext.max)
+            if lo < 0 or hi >= in_features:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"weight.col_indices() holds {bad}, out of range for in_features={in_features}")
+        return True
+
+    if weight.device.type != "cuda":
+        check()
+    else:
+        _derived(weight, "checked", check)
 
 
 def _index_dtype(nnz, n):
@@ -62,16 +102,23 @@ def _structure(weight):
 
 def _transposed(weight):
     """(crow_t, rows_t, perm): column i of the weight holds the nonzeros ``perm[crow_t[i]:
-    crow_t[i+1]]``, which sit in rows ``rows_t[...]`` (the CSC structure, for dX)."""
+    crow_t[i+1]]``, which sit in rows ``rows_t[...]`` (the CSC structure, for dX). On
+    CPU it is reused only while the column indices equal those it was built from."""
+    col_now = weight.col_indices()
+    cpu = col_now.device.type != "cuda"
 
     def compute():
         crow, col = _structure(weight)
         crow_t, _, perm = transpose_structure(col.view(-1, 1), weight.shape[1])
         lengths = crow.long().diff()
         row_of = torch.repeat_interleave(torch.arange(weight.shape[0], device=crow.device), lengths)
-        return crow_t, row_of[perm].to(crow_t.dtype), perm
+        return (crow_t, row_of[perm].to(crow_t.dtype), perm), (col_now.clone() if cpu else None)
 
-    return _derived(weight, "transposed", compute)
+    result, built_from = _derived(weight, "transposed", compute, on_cpu=True)
+    if cpu and not same_content(col_now, built_from):  # written in place behind the stamp
+        memo_of(weight).clear()
+        result, built_from = _derived(weight, "transposed", compute, on_cpu=True)
+    return result
 
 
 def _plans(weight):
@@ -90,6 +137,9 @@ def _csr(crow, col, values, shape):
 
 
 def _forward(x2, weight, bias):
+    if x2.shape[0] == 0 or weight._nnz() == 0:  # nothing to gather: no kernel launch
+        y = x2.new_zeros(x2.shape[0], weight.shape[0])
+        return y if bias is None else y + bias
     if backend_for(x2.device) == "torch":
         y = torch.sparse.mm(weight.float(), x2.t().float()).t()
         if bias is not None:
@@ -99,11 +149,14 @@ def _forward(x2, weight, bias):
 
     crow, col = _structure(weight)
     out = torch.empty(x2.shape[0], weight.shape[0], dtype=x2.dtype, device=x2.device)
+    bias = bias.contiguous() if bias is not None else None  # the kernel reads the bias as contiguous
     return csr_gather(x2.t().contiguous(), crow, col, weight.values().contiguous(), out, bias, plan=_plans(weight)[0])
 
 
 def _grad_x(grad2, weight):
     """dX = grad2 @ W, over the transposed structure."""
+    if grad2.shape[0] == 0 or weight._nnz() == 0:
+        return grad2.new_zeros(grad2.shape[0], weight.shape[1])
     crow_t, rows_t, perm = _transposed(weight)
     vals_t = weight.values()[perm]
     shape_t = (weight.shape[1], weight.shape[0])
@@ -137,6 +190,7 @@ class _CSRMatmul(torch.autograd.Function):
     def backward(ctx, grad):
         (x2,) = ctx.saved_tensors
         weight = ctx.weight
+        _check_structure(weight)  # the weight may have been written since the forward
         grad = grad.contiguous()
         gx = _grad_x(grad, weight) if ctx.needs_input_grad[0] else None
         gw = _grad_weight(grad, x2, weight) if ctx.needs_input_grad[1] else None
@@ -200,8 +254,9 @@ def csr_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
     _validate(x, weight, bias)
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
+    _check_structure(weight)
+    lead, in_features = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, in_features) if in_features != 0 else x.reshape(lead.numel(), 0)
     with torch.autocast(x.device.type, enabled=False):
         y = _CSRMatmul.apply(x2, weight, bias)
     return y.reshape(*lead, weight.shape[0])

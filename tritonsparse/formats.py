@@ -14,37 +14,18 @@ from __future__ import annotations
 
 import torch
 
-from ._cache import cached
-from ._validate import FLOAT_DTYPES, INDEX_DTYPES, check_in_features, check_indices_in_range, check_tensor
+from ._structure import Pattern, transpose_structure
+from ._validate import FLOAT_DTYPES, INDEX_DTYPES, check_in_features, check_indices_in_range, check_tensor, is_symbolic
+from .ops import _condensed_matmul
 from .reference import condensed_to_dense
+
+__all__ = ["CondensedWeight", "default_index_dtype", "scatter_active_rows", "transpose_structure"]
 
 
 def default_index_dtype(in_features: int) -> torch.dtype:
     """Smallest supported index dtype for ``in_features`` columns (int16 halves the
     index bytes, which matter at small batch where the layer is memory-bound)."""
     return torch.int16 if in_features <= torch.iinfo(torch.int16).max + 1 else torch.int32
-
-
-def transpose_structure(indices: torch.Tensor, in_features: int):
-    """Column-major (CSC) view of a condensed pattern, for dX = dY @ W.
-
-    Returns ``(crow, rows, perm)``: input feature ``i`` is read by the flattened
-    nonzeros ``perm[crow[i]:crow[i+1]]`` (stable order), which sit in rows
-    ``rows[crow[i]:crow[i+1]]``. Cached while ``indices`` is unchanged.
-    """
-
-    def compute():
-        flat = indices.reshape(-1).long()
-        nnz = flat.numel()
-        k = indices.shape[1] if indices.dim() == 2 else 1
-        perm = torch.argsort(flat, stable=True)
-        crow = torch.zeros(in_features + 1, dtype=torch.int64, device=indices.device)
-        crow[1:] = torch.cumsum(torch.bincount(flat, minlength=in_features), 0)
-        small = torch.int32 if nnz < 2**31 - 1 else torch.int64
-        rows = torch.div(perm, max(k, 1), rounding_mode="floor").to(small)
-        return crow.to(small), rows, perm
-
-    return cached(indices, f"transpose_structure:{in_features}", compute)
 
 
 class CondensedWeight:
@@ -78,13 +59,16 @@ class CondensedWeight:
             active_rows = active_rows.to(device=values.device, dtype=torch.int64)
             if active_rows.numel() != n_active:
                 raise ValueError(f"active_rows has {active_rows.numel()} entries but values has {n_active} rows")
-            if n_active and (active_rows[0] < 0 or active_rows[-1] >= out_features or (active_rows.diff() <= 0).any()):
+            bad = n_active and not is_symbolic(active_rows) and bool(
+                active_rows[0] < 0 or active_rows[-1] >= out_features or (active_rows.diff() <= 0).any())
+            if bad:
                 raise ValueError(f"active_rows must be strictly ascending row numbers in [0, {out_features})")
         check_indices_in_range("indices", indices, in_features)
         self.values = values
         self.indices = indices
         self.active_rows = active_rows
         self.shape = torch.Size((out_features, in_features))
+        self._pattern = Pattern(in_features)  # derived structures, owned by this weight
 
     # -- properties ------------------------------------------------------------------
     @property
@@ -175,13 +159,12 @@ class CondensedWeight:
         return CondensedWeight(values, indices, self.active_rows.to(values.device), self.shape)
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x @ W.T (+ bias) for x of shape (..., in_features); output (..., out_features)."""
-        from .ops import _condensed_matmul
-
+        """x @ W.T (+ bias) for x of shape (..., in_features); output (..., out_features).
+        The transposed structure of the backward is built once for this weight."""
         check_in_features(x, self.shape[1])
         if self.all_rows_active:
-            return _condensed_matmul(x, self.values, self.indices, bias, check_index_range=False)
-        y_active = _condensed_matmul(x, self.values, self.indices, check_index_range=False)
+            return _condensed_matmul(x, self.values, self.indices, bias, pattern=self._pattern)
+        y_active = _condensed_matmul(x, self.values, self.indices, pattern=self._pattern)
         return scatter_active_rows(y_active, self.active_rows, self.shape[0], bias)
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 
 from . import cpu
+from ._structure import Pattern, pattern_for
 from ._triton import backend_for
-from ._validate import FLOAT_DTYPES, INDEX_DTYPES, check_indices_in_range, check_same_device, check_tensor
-from .formats import transpose_structure
+from ._validate import FLOAT_DTYPES, INDEX_DTYPES, check_same_device, check_tensor, is_symbolic
 
 
 # -- implementations on 2-D inputs (x2: (B, in_features)) ----------------------------------
@@ -31,28 +31,51 @@ def _batch_major(t):
     return out
 
 
-def _forward(x2, values, indices, bias):
+def _empty_product(batch, n, K) -> bool:
+    """Nothing to gather (no kernel is launched): the output is the bias alone, or zero."""
+    return batch == 0 or n == 0 or K == 0
+
+
+def _forward(x2, values, indices, bias, pattern: Pattern):
     """Returns ``(y, x_saved, transposed)``: what the backward needs of x is x2 itself on the
     torch path, and its batch-contiguous transpose (in_features, B) on the Triton path, which
-    the forward builds anyway, so the backward does not transpose x again."""
+    the forward builds anyway, so the backward does not transpose x again.
+
+    The indices are range-checked here, on every backend and also inside compiled graphs
+    (``pattern.check_range``: every call for CPU tensors, once per tensor version on CUDA),
+    so no path reads outside x."""
+    pattern.check_range(indices)
+    batch, (n, k) = x2.shape[0], values.shape
+    if _empty_product(batch, n, k):
+        y = x2.new_zeros(batch, n)
+        return (y if bias is None else y + bias), x2, False
     if backend_for(x2.device) == "torch":
         return cpu.condensed_fwd(x2, values, indices, bias), x2, False
     from .kernels.condensed_fwd import condensed_fwd
 
     x_t = _batch_major(x2)
-    out = torch.empty(x_t.shape[1], values.shape[0], dtype=x2.dtype, device=x2.device)
-    return condensed_fwd(x_t, values, indices, bias, out)[: x2.shape[0]], x_t, True
+    out = torch.empty(x_t.shape[1], n, dtype=x2.dtype, device=x2.device)
+    bias = bias.contiguous() if bias is not None else None  # the kernels read the bias as contiguous
+    return condensed_fwd(x_t, values, indices, bias, out)[:batch], x_t, True
 
 
-def _backward(grad2, x_saved, transposed, values, indices, need_x: bool, need_values: bool):
+def _backward(grad2, x_saved, transposed, values, indices, need_x: bool, need_values: bool, pattern: Pattern | None = None):
     """(dX, dValues) with dX of shape (B, in_features); an entry not needed is an empty tensor."""
     in_features = x_saved.shape[0] if transposed else x_saved.shape[1]
+    pattern = pattern if pattern is not None else pattern_for(indices, in_features)
     batch = grad2.shape[0]
     grad_x = grad_values = x_saved.new_empty(0)
+    if _empty_product(batch, *values.shape):
+        if need_x:
+            grad_x = grad2.new_zeros(batch, in_features)
+        if need_values:
+            grad_values = values.new_zeros(values.shape)
+        return grad_x, grad_values
+    pattern.check_range(indices)  # the indices may have been written since the forward
     if backend_for(x_saved.device) == "torch":
         x2 = x_saved.t() if transposed else x_saved
         if need_x:
-            grad_x = cpu.condensed_dx(grad2, values, indices, in_features)
+            grad_x = cpu.condensed_dx(grad2, values, pattern.transposed(indices), in_features)
         if need_values:
             grad_values = cpu.condensed_dw(grad2, x2, indices, values.dtype)
         return grad_x, grad_values
@@ -61,7 +84,7 @@ def _backward(grad2, x_saved, transposed, values, indices, need_x: bool, need_va
 
     grad_t = _batch_major(grad2)  # (n, B_pad): the batch is contiguous for both gathers
     if need_x:
-        crow, rows, perm = transpose_structure(indices, in_features)
+        crow, rows, perm = pattern.transposed(indices)
         vals_t = values.reshape(-1).index_select(0, perm)
         grad_x = torch.empty(grad_t.shape[1], in_features, dtype=grad2.dtype, device=grad2.device)
         grad_x = csr_gather(grad_t, crow, rows, vals_t, grad_x)[:batch]
@@ -78,10 +101,10 @@ def _grad_bias(grad2, dtype):
 
 class _CondensedMatmul(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x2, values, indices, bias):
-        y, x_saved, transposed = _forward(x2, values, indices, bias)
+    def forward(ctx, x2, values, indices, bias, pattern):
+        y, x_saved, transposed = _forward(x2, values, indices, bias, pattern)
         ctx.save_for_backward(x_saved, values, indices)
-        ctx.transposed = transposed
+        ctx.transposed, ctx.pattern = transposed, pattern
         ctx.has_bias = bias is not None
         return y
 
@@ -90,15 +113,16 @@ class _CondensedMatmul(torch.autograd.Function):
         x_saved, values, indices = ctx.saved_tensors
         need_x, need_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad = grad.contiguous()
-        gx, gv = _backward(grad, x_saved, ctx.transposed, values, indices, need_x, need_values)
+        gx, gv = _backward(grad, x_saved, ctx.transposed, values, indices, need_x, need_values, ctx.pattern)
         gb = _grad_bias(grad, grad.dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None
-        return (gx if need_x else None), (gv if need_values else None), None, gb
+        return (gx if need_x else None), (gv if need_values else None), None, gb, None
 
 
 # -- torch.library registration (used while torch.compile traces) --------------------------
 @torch.library.custom_op("tritonsparse::condensed_matmul", mutates_args=())
 def _condensed_matmul_op(x2: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return _forward(x2, values, indices, bias)[0].contiguous()  # the fake rule promises row-major
+    pattern = pattern_for(indices, x2.shape[1])
+    return _forward(x2, values, indices, bias, pattern)[0].contiguous()  # the fake rule promises row-major
 
 
 @_condensed_matmul_op.register_fake
@@ -138,7 +162,7 @@ _condensed_matmul_op.register_autograd(_op_backward, setup_context=_setup_contex
 
 
 # -- public API ----------------------------------------------------------------------------
-def _validate(x, values, indices, bias, check_index_range=True):
+def _validate(x, values, indices, bias):
     check_tensor("x", x, FLOAT_DTYPES)
     check_tensor("values", values, FLOAT_DTYPES, ndim=2)
     check_tensor("indices", indices, INDEX_DTYPES, ndim=2)
@@ -158,8 +182,6 @@ def _validate(x, values, indices, bias, check_index_range=True):
     in_features = x.shape[-1]
     if indices.dtype == torch.int16 and in_features > torch.iinfo(torch.int16).max + 1:
         raise TypeError(f"indices is int16 but x has in_features={in_features} > 32768; use int32 indices")
-    if check_index_range:
-        check_indices_in_range("indices", indices, in_features)
 
 
 def condensed_matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -179,6 +201,17 @@ def condensed_matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tenso
         and ``bias``. CUDA tensors run the Triton kernels; CPU tensors run a
         ``torch.sparse`` path (or the Triton interpreter when ``TRITON_INTERPRET=1``).
         Under ``torch.autocast`` the inputs are cast to the autocast dtype first.
+        Empty shapes (a batch, n, K or in_features of 0) give the empty, bias-only or
+        zero result without launching a kernel; meta and fake tensors give the shape.
+
+    Raises:
+        ValueError/TypeError naming the argument. An index outside [0, in_features) is
+        a ``ValueError``: CPU tensors are checked on every call (one pass over the
+        indices), CUDA tensors once per version of the ``indices`` tensor (a write
+        that bypasses the version counter is left to the kernels' index mask). The
+        transposed structure of the backward is kept
+        per ``indices`` tensor and rebuilt when it changes (see
+        :mod:`tritonsparse._structure`).
 
     Example:
         >>> x = torch.randn(8, 3072)
@@ -187,29 +220,43 @@ def condensed_matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tenso
         >>> condensed_matmul(x, values, indices).shape
         torch.Size([8, 768])
     """
-    return _condensed_matmul(x, values, indices, bias, check_index_range=True)
+    return _condensed_matmul(x, values, indices, bias)
 
 
-def _condensed_matmul(x, values, indices, bias=None, check_index_range=True):
-    """``condensed_matmul`` for callers that already checked the index range (layers
-    validate their indices once, when the pattern is set)."""
-    autocast = isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type)
+def _autocast_on(x) -> bool:
+    device_type = x.device.type
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def _condensed_matmul(x, values, indices, bias=None, check_index_range=True, pattern: Pattern | None = None):
+    """``condensed_matmul`` for the layers: ``pattern`` is the owner's
+    :class:`~tritonsparse._structure.Pattern` of ``indices`` (None: the one kept for
+    this indices tensor). ``check_index_range`` is accepted for older callers and
+    ignored: the pattern decides when the range is checked, and it is never skipped."""
+    del check_index_range
+    autocast = isinstance(x, torch.Tensor) and _autocast_on(x)
     if autocast:
         dtype = torch.get_autocast_dtype(x.device.type)
         x, values = x.to(dtype), values.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
-    _validate(x, values, indices, bias, check_index_range)
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
+    _validate(x, values, indices, bias)
+    lead, in_features = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, in_features) if in_features != 0 else x.reshape(lead.numel(), 0)
+    if torch.compiler.is_compiling():  # the registered op derives what it needs at run time
+        pattern = None
+    elif pattern is None:
+        pattern = pattern_for(indices, in_features)
+    elif pattern.in_features != in_features:
+        raise ValueError(f"pattern describes in_features={pattern.in_features} but x has {in_features}")
     if autocast:  # the inputs are cast: keep autocast away from the ops inside
         with torch.autocast(x.device.type, enabled=False):
-            y = _dispatch(x2, values, indices, bias)
+            y = _dispatch(x2, values, indices, bias, pattern)
     else:
-        y = _dispatch(x2, values, indices, bias)
+        y = _dispatch(x2, values, indices, bias, pattern)
     return y.reshape(*lead, values.shape[0])
 
 
-def _dispatch(x2, values, indices, bias):
-    if torch.compiler.is_compiling():
-        return torch.ops.tritonsparse.condensed_matmul(x2, values, indices, bias)
-    return _CondensedMatmul.apply(x2, values, indices, bias)
+def _dispatch(x2, values, indices, bias, pattern):
+    if torch.compiler.is_compiling() or is_symbolic(x2) or is_symbolic(values) or is_symbolic(indices):
+        return torch.ops.tritonsparse.condensed_matmul(x2, values, indices, bias)  # its fake rule gives the shape
+    return _CondensedMatmul.apply(x2, values, indices, bias, pattern)

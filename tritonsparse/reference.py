@@ -24,8 +24,9 @@ def condensed_grad_reference(x, values, indices, grad_out):
     """(dX, dValues) of ``condensed_matmul`` by the dense formulas:
     dX = dY @ W and dValues[j, k] = (dYᵀ X)[j, indices[j, k]]."""
     weight = condensed_to_dense(values, indices, x.shape[-1])
-    x2 = x.reshape(-1, x.shape[-1])
-    g2 = grad_out.reshape(-1, grad_out.shape[-1])
+    rows = x.shape[:-1].numel()  # not reshape(-1, ...): a last dimension of 0 is allowed
+    x2 = x.reshape(rows, x.shape[-1])
+    g2 = grad_out.reshape(rows, grad_out.shape[-1])
     grad_x = (g2 @ weight).reshape(x.shape)
     grad_values = (g2.t() @ x2).gather(1, indices.long())
     return grad_x, grad_values

@@ -108,7 +108,8 @@ class CondensedConv2d(CondensedLinear):
         if not uses_implicit(x):  # unfold fallback: CondensedLinear on the patches (hook included)
             return rows_to_nchw(super().forward(unfold_rows(x, *self._geometry())), n, out_hw)
         full = self.n_active == self.out_features
-        y = condensed_conv2d(x, self.weight_values, self._indices_view, self.bias if full else None, *self._geometry())
+        y = condensed_conv2d(x, self.weight_values, self._indices_view, self.bias if full else None, *self._geometry(),
+                             pattern=self._pattern)
         if not full:  # ablated channels output the bias alone
             y = y.new_zeros(n, self.out_features, *out_hw).index_copy(1, self.active_rows, y)
             if self.bias is not None:

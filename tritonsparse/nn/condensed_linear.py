@@ -6,7 +6,8 @@ import math
 import torch
 from torch import nn
 
-from .._validate import FLOAT_DTYPES, check_in_features, check_indices_in_range, check_tensor
+from .._structure import Pattern
+from .._validate import FLOAT_DTYPES, check_in_features, check_indices_in_range, check_tensor, is_symbolic
 from ..formats import CondensedWeight, default_index_dtype, scatter_active_rows
 from ..ops import _condensed_matmul
 
@@ -52,27 +53,49 @@ class CondensedLinear(nn.Module):
         self.register_buffer("active_mask", torch.ones(self.out_features, device=device, dtype=torch.bool))
         self.register_buffer("fan_in_buffer", torch.tensor(int(fan_in), device=device))
         self.bias = nn.Parameter(torch.zeros(self.out_features, device=device, dtype=self.values.dtype)) if bias else None
-        self._refresh()
+        self._refresh(int(fan_in), torch.arange(self.out_features, device=self.active_mask.device))
         self.reset_parameters()
 
     # -- pattern bookkeeping -----------------------------------------------------------
-    def _refresh(self):
-        """Recompute the Python-side view of the pattern from the buffers (after a
-        pattern change, a state_dict load or a device move)."""
-        self.fan_in = int(self.fan_in_buffer)
-        self.active_rows = torch.nonzero(self.active_mask).flatten()
+    def _refresh(self, fan_in: int | None = None, active_rows: torch.Tensor | None = None):
+        """Recompute the Python-side view of the pattern (from the buffers unless given:
+        after a pattern change, a state_dict load or a device move), and start a new
+        :class:`~tritonsparse._structure.Pattern`: the derived structures (range check,
+        transposed structure of dX) belong to this layer and are rebuilt here."""
+        if fan_in is None:
+            fan_in, active_rows = self._sizes_from_buffers()
+        self.fan_in = int(fan_in)
+        self.active_rows = active_rows
         self.n_active = int(self.active_rows.numel())
         self._indices_view = self.indices[: self.n_active * self.fan_in].view(self.n_active, self.fan_in)
+        self._pattern = Pattern(self.in_features)
+
+    def _sizes_from_buffers(self):
+        """(fan_in, active_rows) stored in the buffers; ``ValueError`` naming the buffer
+        when they cannot describe a pattern of this layer."""
+        fan_in, active_rows = int(self.fan_in_buffer), torch.nonzero(self.active_mask).flatten()
+        if not 0 <= fan_in <= self.in_features or active_rows.numel() * fan_in > self.capacity:
+            raise ValueError(f"fan_in_buffer holds {fan_in} for {active_rows.numel()} active rows: not a pattern of "
+                             f"in_features={self.in_features} within capacity={self.capacity}")
+        return fan_in, active_rows
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
-        self._refresh()
+        try:
+            self._refresh()
+        except (ValueError, RuntimeError):
+            # meta/fake buffers hold no values, and ``to_empty`` leaves garbage: keep the sizes
+            # known on the Python side (a state_dict load or set_pattern sets the real ones)
+            rows, device = self.active_rows, self.active_mask.device
+            rows = torch.arange(rows.numel(), device=device) if is_symbolic(rows) else rows.to(device)
+            self._refresh(self.fan_in, rows)
         return out
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self._refresh()
         check_indices_in_range("indices", self._indices_view, self.in_features)
+        self._pattern.checked_by_owner(self._indices_view)
 
     @property
     def capacity(self) -> int:
@@ -103,7 +126,8 @@ class CondensedLinear(nn.Module):
         self.active_mask.zero_()
         self.active_mask[cw.active_rows] = True
         self.fan_in_buffer.fill_(cw.fan_in)
-        self._refresh()
+        self._refresh(cw.fan_in, cw.active_rows)
+        self._pattern.checked_by_owner(self._indices_view)  # CondensedWeight checked these values
 
     @torch.no_grad()
     def reset_parameters(self):
@@ -153,9 +177,9 @@ class CondensedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_in_features(x, self.in_features)
         if self.n_active == self.out_features:
-            y = _condensed_matmul(x, self.weight_values, self._indices_view, self.bias, check_index_range=False)
+            y = _condensed_matmul(x, self.weight_values, self._indices_view, self.bias, pattern=self._pattern)
         else:
-            y = _condensed_matmul(x, self.weight_values, self._indices_view, check_index_range=False)
+            y = _condensed_matmul(x, self.weight_values, self._indices_view, pattern=self._pattern)
             y = scatter_active_rows(y, self.active_rows, self.out_features, self.bias)
         if self.capture_hook is not None and torch.is_grad_enabled():
             self.capture_hook(x, y)
