@@ -1,15 +1,15 @@
 """SRigL's qualitative claims at CPU scale: test accuracy and the fraction of active
 neurons against sparsity for dense, static, SET, RigL, SRigL without ablation and SRigL.
 
-Two tasks, both an MLP 64-256-256-10 (all three layers sparse, ERK densities; the
+Two tasks, both an MLP 64-256-256-C (all three layers sparse, ERK densities; the
 classifier is never ablated):
 
 * ``digits``: scikit-learn's 8x8 digits (fixed stratified 80/20 split), batches of 64.
 * ``teacher``: a teacher-student task. A fixed teacher whose 32 hidden ReLU units each
-  read 4 of the 64 Gaussian inputs labels every input by the argmax of its 10 outputs;
-  the student sees fresh batches of 128 and is tested on 4000 held-out inputs. A
-  random static pattern rarely covers a teacher unit's inputs; a dynamic one can find
-  them by gradient.
+  read 4 of the 64 Gaussian inputs labels every input by the sign of its output
+  (about the median: two balanced classes); the student sees fresh batches of 128 and
+  is tested on 4000 held-out inputs. A random static pattern rarely covers a teacher
+  unit's inputs; a dynamic one can find them by gradient.
 
 SGD (momentum 0.9, lr 0.1 cosine-decayed to 0, weight decay 5e-4); mask updates every
 ΔT = 25 steps until 75% of training, α = 0.3, γ_sal = 0.3 (SRigL), 0 (SRigL without
@@ -47,12 +47,14 @@ SPARSITIES = (0.8, 0.9, 0.95, 0.98, 0.99)
 TASKS = ("digits", "teacher")
 FIELDS = ("task", "method", "sparsity", "seed", "steps", "test_acc", "active_frac", "active_neurons",
           "hidden_neurons", "mean_fan_in", "skipped_updates", "seconds", "torch", "machine")
-D_IN, N_CLASSES = 64, 10
+D_IN = 64
 
 
 # -- tasks ------------------------------------------------------------------------------------
 class Digits:
     """sklearn digits, standardised with the training split's statistics."""
+
+    n_classes = 10
 
     def __init__(self, seed):
         from sklearn.datasets import load_digits
@@ -75,22 +77,28 @@ class Digits:
 
 
 class Teacher:
-    """Labels = argmax of a fixed sparse teacher's outputs on Gaussian inputs (the
-    teacher depends only on ``teacher_seed``; the student's data stream on ``seed``)."""
+    """Labels = the sign (about its median) of a fixed sparse teacher's output on Gaussian
+    inputs; the teacher depends only on ``teacher_seed``, the student's data on ``seed``."""
+
+    n_classes = 2
 
     def __init__(self, seed, teacher_seed=1234, hidden=32, reads=4):
         g = torch.Generator().manual_seed(teacher_seed)
         self.w1 = torch.zeros(hidden, D_IN)
         for h in range(hidden):
             self.w1[h, torch.randperm(D_IN, generator=g)[:reads]] = torch.randn(reads, generator=g).sign()
-        self.w2 = torch.randn(N_CLASSES, hidden, generator=g)
+        self.w2 = torch.randn(hidden, generator=g)
         self.gen = torch.Generator().manual_seed(seed)
-        gt = torch.Generator().manual_seed(teacher_seed + 1)
-        self.x_te = torch.randn(4000, D_IN, generator=gt)
+        self.x_te = torch.randn(4000, D_IN, generator=torch.Generator().manual_seed(teacher_seed + 1))
+        self.center = 0.0
+        self.center = float(self._out(self.x_te).median())
         self.y_te = self.label(self.x_te)
 
+    def _out(self, x):
+        return torch.relu(x @ self.w1.t()) @ self.w2 - self.center
+
     def label(self, x):
-        return (torch.relu(x @ self.w1.t()) @ self.w2.t()).argmax(1)
+        return (self._out(x) > 0).long()
 
     def train_batch(self):
         x = torch.randn(128, D_IN, generator=self.gen)
@@ -124,7 +132,7 @@ def run_one(task_name, method, sparsity, seed, steps=800, width=256, delta_t=25)
     task = make_task(task_name, seed)
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(D_IN, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
-                          nn.Linear(width, N_CLASSES))
+                          nn.Linear(width, task.n_classes))
     hidden, head = ("0", "2"), "4"
     dst = None
     if method != "dense":
@@ -272,7 +280,7 @@ def plot(csv_path, plot_dir):
         axes[1][j].set_ylabel("fraction of hidden neurons active")
     axes[0][0].legend(fontsize=8)
     n_seeds = max(v[6] for v in summ.values())
-    fig.suptitle(f"DST study, MLP 64-256-256-10, ERK; mean and min..max over {n_seeds} seeds ({stem})", fontsize=10)
+    fig.suptitle(f"DST study, MLP 64-256-256-C, ERK; mean and min..max over {n_seeds} seeds ({stem})", fontsize=10)
     fig.tight_layout()
     path = plot_dir / f"{stem}.png"
     fig.savefig(path, dpi=110)

@@ -62,10 +62,14 @@ class DynamicSparsity:
     ``t_end · total_steps`` it prunes a cosine-decaying fraction α_t of each sparse
     layer's weights and regrows as many:
 
-    * ``"srigl"`` (condensed layers): saliency-based neuron ablation, new fan-in
-      K = B // active neurons, layer-wide magnitude prune then per-neuron cap K, and
-      per-neuron regrowth to exactly K by |dL/dW| from :func:`tritonsparse.gradient_topk`
-      on the captured layer input and output gradient (no dense gradient).
+    * ``"srigl"`` (condensed layers): the update of the SRigL authors' code (see
+      :func:`~tritonsparse.dst.condensed_update`): saliency-based neuron ablation
+      (threshold ``max(1, int(γ_sal · K0))`` on the initial fan-in K0, salient = top
+      magnitudes or layer-wide top |dL/dW|, at least budget // in + 1 neurons kept),
+      new fan-in K = B // active neurons, layer-wide magnitude prune over the surviving
+      neurons then per-neuron cap K, and per-neuron regrowth to exactly K by |dL/dW|
+      from :func:`tritonsparse.gradient_topk` on the captured layer input and output
+      gradient (no dense gradient; exact fp32 ranking by default).
     * ``"set"`` (condensed layers): the same prune, random regrowth, no ablation.
     * ``"rigl"`` (masked layers): unstructured magnitude prune and |grad| regrowth.
     * ``"static"``: nothing changes; ``step()`` only counts.
