@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..nn.condensed_linear import CondensedLinear
+from . import distributed as _distributed
 from .masked import _Masked
 from .schedule import UpdateSchedule
 from .sparsify import METHODS, _check_method, _matches, sparse_layers
@@ -66,7 +67,10 @@ class DynamicSparsity:
     end in an update (all micro-batches of that step are used).
 
     Args:
-        model: a model prepared by :func:`sparsify` (or holding sparse layers).
+        model: a model prepared by :func:`sparsify` (or holding sparse layers), or the
+            ``DistributedDataParallel`` wrapping it. Under ``torch.distributed`` updates
+            use the global gradient, rank 0 decides and every rank receives the same
+            pattern (see :mod:`tritonsparse.dst.distributed`; ``check_consistent()``).
         optimizer: any ``torch.optim`` optimizer over the model's parameters.
         method: ``"srigl" | "rigl" | "set" | "static"``.
         total_steps: total optimizer steps of the run (T).
@@ -88,6 +92,7 @@ class DynamicSparsity:
         _check_method(method)
         if not 0.0 <= gamma_sal <= 1.0:
             raise ValueError(f"gamma_sal must be in [0, 1], got {gamma_sal!r}")
+        wrapper, model = model, _distributed.unwrap(model)  # a DDP wrapper: work on the module inside
         self.model, self.optimizer, self.method = model, optimizer, method
         self.schedule = UpdateSchedule(total_steps, delta_t, t_end, alpha)
         self.gamma_sal = float(gamma_sal)
@@ -110,6 +115,7 @@ class DynamicSparsity:
         self.step_count = 0
         self.last_update = {}
         self._captures = {}
+        self.distributed = _distributed.setup(self, wrapper, optimizer)  # None in a single process
         self._arm()
 
     # -- capture -----------------------------------------------------------------------
@@ -141,6 +147,8 @@ class DynamicSparsity:
 
     @torch.no_grad()
     def _update(self, drop_frac: float):
+        if self.distributed is not None:  # rank 0 decides from the global gradient, all ranks receive
+            return self.distributed.update(self, drop_frac)
         self.last_update = {}
         for name, m in self.layers.items():
             cap = self._captures.get(name)
@@ -161,6 +169,12 @@ class DynamicSparsity:
                 ablate = self.gamma_sal > 0 and not _matches(name, self.no_ablation)
                 gamma = self.gamma_sal if ablate else None
             self.last_update[name] = condensed_update(m, self.optimizer, drop_frac, cands, gamma)
+
+    def check_consistent(self, values: bool = True) -> str:
+        """Under ``torch.distributed``: raise ``RuntimeError`` if any rank's patterns
+        (and values), step or RNG state differ from rank 0's (a hash per layer is
+        compared; collective, call it on every rank). Returns the hash of this state."""
+        return _distributed.check_consistent(self, values)
 
     # -- reporting and checkpoints ---------------------------------------------------------
     def layer_stats(self) -> dict:
