@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     args = vars(build_parser().parse_args(argv))
     args["plots_dir"] = args["plots_dir"] or None
     result = train(TrainConfig(**args))
-    final = {k: v for k, v in result.final.items() if k != "layers"}
-    print(json.dumps(final, indent=1))
+    if result.extra.get("rank", 0) == 0:  # under torchrun, rank 0 prints
+        final = {k: v for k, v in result.final.items() if k != "layers"}
+        print(json.dumps(final, indent=1))
     return 0
