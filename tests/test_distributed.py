@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from tritonsparse.dst import DynamicSparsity, sparsify
+from tritonsparse.dst import DynamicSparsity, MaskedLinear, sparsify
 from tritonsparse.dst import distributed as tsd
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
@@ -35,6 +35,7 @@ def _entry(rank, world, init_file, fn, out_dir, args):
     try:
         result = fn(rank, world, *args)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears the group down while another still reads from it
     finally:
         dist.destroy_process_group()
 
@@ -59,9 +60,18 @@ def _batch(step, rank, n=6):
     return torch.randn(n, IN, generator=g), torch.randint(0, OUT, (n,), generator=g)
 
 
+def method_of(m):
+    return "masked" if isinstance(m, MaskedLinear) else "condensed"
+
+
 def _snapshot(model, opt, dst):
     layers = {}
     for name, m in dst.layers.items():
+        if method_of(m) == "masked":
+            layers[name] = {"active": m.mask.any(1).nonzero().flatten(), "indices": m.mask.nonzero(),
+                            "values": m.weight.detach().clone(),
+                            "state": {k: v.clone() for k, v in opt.state[m.weight].items() if torch.is_tensor(v)}}
+            continue
         layers[name] = {"active": m.active_rows.clone(), "indices": m.weight_indices.long().clone(),
                         "values": m.weight_values.detach().clone(),
                         "state": {k: v.clone() for k, v in opt.state[m.values].items() if torch.is_tensor(v)}}
@@ -88,9 +98,32 @@ def _patterns_worker(rank, world, method):
     return {"snap": _snapshot(model, opt, dst), "infos": infos}
 
 
-@pytest.mark.parametrize("method", ["srigl", "set"])
-def test_patterns_identical_across_ranks(method):
-    r0, r1 = run_job(_patterns_worker, method)
+METHODS = ("srigl", "set", "rigl")
+COMMS = ("gather", "reduce", "auto")
+
+
+def _all_worker(rank, world):
+    """Every scenario of this file in one 2-process job (process start-up dominates)."""
+    return {"patterns": {m: _patterns_worker(rank, world, m) for m in METHODS},
+            "global": _global_worker(rank, world, COMMS)}
+
+
+@pytest.fixture(scope="module")
+def job():
+    old = os.environ.get("TRITONSPARSE_BACKEND")
+    os.environ["TRITONSPARSE_BACKEND"] = "torch"  # workers inherit it; the single-process reference uses it
+    try:
+        yield run_job(_all_worker)
+    finally:
+        if old is None:
+            os.environ.pop("TRITONSPARSE_BACKEND", None)
+        else:
+            os.environ["TRITONSPARSE_BACKEND"] = old
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_patterns_identical_across_ranks(job, method):
+    r0, r1 = (r["patterns"][method] for r in job)
     assert r0["snap"]["hash"] == r1["snap"]["hash"]
     for name, a in r0["snap"]["layers"].items():
         b = r1["snap"]["layers"][name]
@@ -109,8 +142,9 @@ def test_patterns_identical_across_ranks(method):
 
 # -- regrowth from the global gradient: 2 ranks == 1 process on the concatenated batch --
 def _one_update(model, opt, dst, batches):
-    for x, y in batches:
-        nn.functional.cross_entropy(model(x), y).backward()
+    """One step on the mean over ``batches`` of each batch's mean loss (DDP's objective
+    when every rank holds one of them), then the mask update."""
+    sum(nn.functional.cross_entropy(model(x), y) for x, y in batches).div(len(batches)).backward()
     opt.step()
     opt.zero_grad()
     dst.step()
@@ -128,31 +162,32 @@ def _global_worker(rank, world, comms):
         opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
         dst = _dst(ddp, opt)
         dst.distributed.comm = comm
-        _one_update(ddp, opt, dst, [_batch(0, rank)])
+        _one_update(ddp, opt, dst, [_uneven_batch(rank)])
         out[comm] = {"snap": _snapshot(model, opt, dst), "paths": dst.distributed.last_paths}
     return out
+
+
+def _uneven_batch(rank):
+    return _batch(0, rank, n=7 - 3 * rank)  # 7 and 4 rows: the gather pads and trims
 
 
 def _single_process():
     model = _model("srigl")
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     dst = _dst(model, opt)
-    batches = [_batch(0, r) for r in range(WORLD)]
-    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-    _one_update(model, opt, dst, [(x, y)])
+    _one_update(model, opt, dst, [_uneven_batch(r) for r in range(WORLD)])  # both ranks' batches, one process
     return _snapshot(model, opt, dst)
 
 
-def test_global_regrowth_equals_single_process_on_both_paths(monkeypatch):
-    """One SRigL update (with ablation) on 2 ranks, each with its own micro-batch, gives
-    the pattern of one process fed both micro-batches, whichever exchange is used."""
-    monkeypatch.setenv("TRITONSPARSE_BACKEND", "torch")
+def test_global_regrowth_equals_single_process_on_both_paths(job):
+    """One SRigL update (with ablation) on 2 ranks, each with its own batch (of unequal
+    sizes), gives the pattern of one process fed both batches (DDP's objective: the
+    mean of the ranks' mean losses), whichever exchange is used."""
     ref = _single_process()
     assert any(a["active"].numel() < HID for a in ref["layers"].values())  # ablation took part
-    comms = ("gather", "reduce", "auto")
-    ranks = run_job(_global_worker, comms)
-    for comm in comms:
-        want = comm if comm != "auto" else tsd.choose_path(WORLD * 6, HID, HID)
+    ranks = [r["global"] for r in job]
+    for comm in COMMS:
+        want = comm if comm != "auto" else tsd.choose_path(7 + 4, HID, HID)
         assert set(ranks[0][comm]["paths"].values()) == {want}
         for name, a in ref["layers"].items():
             for r in ranks:
