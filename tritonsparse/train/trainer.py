@@ -347,6 +347,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         test_loss, test_acc = _evaluate_sharded(ctx, model, data, device)
         flops = count_flops(model, example)
         dense_flops = dense_flops or flops.dense_total
+        if ctx.active and dst is not None:
+            dst.check_consistent()  # every epoch: patterns, values, step and RNG equal on all ranks
         layers = dst.layer_stats() if dst is not None else {}
         nnz = sum(s["nnz"] for s in layers.values())
         numel = sum(s["nnz"] / s["density"] for s in layers.values() if s["density"] > 0)
