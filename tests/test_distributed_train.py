@@ -7,6 +7,7 @@ import torch
 from test_distributed import run_job
 
 from tritonsparse.train import TrainConfig, train
+from tritonsparse.train import distributed as tdist
 
 TIMING = ("step_time_ms", "epoch_time_s", "peak_mem_mb", "world_size")
 
@@ -65,3 +66,46 @@ def test_two_ranks_match_one_process_and_resume_exactly(tmp_path, monkeypatch):
             torch.testing.assert_close(v, r0["full"]["model"][k], rtol=1e-3, atol=1e-4)
         else:
             assert torch.equal(v, r0["full"]["model"][k]), k
+
+
+@pytest.mark.parametrize("n,world,batch", [(103, 2, 10), (64, 4, 16), (50, 3, 9)])
+def test_rank_shares_make_up_the_single_process_batches(n, world, batch):
+    """Rank r's i-th slice of batch/world examples, over all ranks, is exactly the i-th
+    batch of the single-process permutation (randperm seeded seed * 100003 + epoch)."""
+    seed, epoch = 3, 5
+    single = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+    orders = [tdist.epoch_order(tdist.Context(rank=r, world=world), n, seed, epoch) for r in range(world)]
+    per = batch // world
+    for i in range(n // batch):
+        union = torch.cat([o[i * per:(i + 1) * per] for o in orders])
+        assert sorted(union.tolist()) == sorted(single[i * batch:(i + 1) * batch].tolist())
+
+
+def test_batch_size_must_split_evenly():
+    with pytest.raises(ValueError, match="batch_size=10 .* multiple of the world size 3"):
+        tdist.check_batch_size(tdist.Context(rank=0, world=3), 10)
+    tdist.check_batch_size(tdist.Context(), 10)
+
+
+def test_torchrun_cli(tmp_path):
+    """``torchrun --nproc_per_node 2 -m tritonsparse.train``: gloo on CPU, one JSON
+    summary (rank 0's), metrics written once with the world size."""
+    import os
+    import subprocess
+    import sys
+
+    import tritonsparse
+
+    env = dict(os.environ, TRITONSPARSE_BACKEND="torch", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.path.dirname(os.path.dirname(tritonsparse.__file__)))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "tritonsparse.train", "--dataset", "synthetic", "--hidden", "16,16", "--max-steps", "4", "--batch-size",
+           "32", "--delta-t", "2", "--method", "srigl", "--device", "cpu", "--no-progress", "--no-plots",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('"test_acc"') == 1  # only rank 0 prints
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert summary["world_size"] == 2 and summary["step"] == 4
+    assert json.loads((out / "metrics.json").read_text())[-1]["world_size"] == 2

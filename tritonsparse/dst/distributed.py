@@ -21,6 +21,10 @@ with more than one rank is initialised. The rules:
     row's top-k; no rank ever holds the dense ``out × in`` gradient at once
     (``(world - 1)·out·in`` fp32 elements move, once per candidate list SRigL asks for).
 
+  Both rank the same gradient; they differ only by rounding (the reduce path sums fp32
+  partial products per rank, the gather path runs ``gradient_topk``, which uses TF32 on
+  a GPU as in a single process).
+
 * DDP must not broadcast the pattern buffers (``indices`` is int16, which gloo cannot
   send, and a broadcast bypasses the layer's views): call :func:`prepare_ddp` (or
   :func:`wrap_ddp`) before wrapping.
@@ -72,8 +76,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 def check_supported(model: nn.Module, optimizer=None):
     """Raise ``NotImplementedError`` for the parallel schemes dynamic sparsity does not
     support yet: FSDP (1 or 2) and ZeRO-sharded parameters or optimizer state, and
-    tensor parallelism (DTensor parameters)."""
-    if not dist.is_available():
+    tensor parallelism (DTensor parameters). A no-op without an initialised process
+    group (none of them can exist then)."""
+    if not (dist.is_available() and dist.is_initialized()):
         return
     from torch.distributed.fsdp import FullyShardedDataParallel
 
