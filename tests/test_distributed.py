@@ -210,9 +210,10 @@ def test_choose_path_rule():
 # -- unsupported parallelism and a DDP that would broadcast the pattern buffers -------------
 def test_clear_errors_for_unsupported_setups():
     """A DDP wrapper that would broadcast the int16 indices is refused with the fix in
-    the message; so are a DTensor parameter (tensor parallelism, FSDP2), a ZeRO
+    the message; so are a DTensor parameter (tensor parallelism), FSDP2, a ZeRO
     optimizer and prepare_ddp on an already wrapped model. One gloo rank."""
     from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
     from torch.distributed.optim import ZeroRedundancyOptimizer
     from torch.distributed.tensor import Replicate, distribute_tensor
 
@@ -237,6 +238,10 @@ def test_clear_errors_for_unsupported_setups():
             mesh = init_device_mesh("cpu", (1,))
             model[5].weight = nn.Parameter(distribute_tensor(model[5].weight.detach(), mesh, [Replicate()]))
             with pytest.raises(NotImplementedError, match="'5.weight' is a DTensor"):
+                DynamicSparsity(model, torch.optim.SGD(model.parameters(), lr=0.1), method="srigl")
+            model = _model("srigl")
+            fully_shard(model, mesh=mesh)  # FSDP2
+            with pytest.raises(NotImplementedError, match="the model is FSDP-sharded"):
                 DynamicSparsity(model, torch.optim.SGD(model.parameters(), lr=0.1), method="srigl")
         finally:
             dist.destroy_process_group()

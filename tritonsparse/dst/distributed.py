@@ -86,7 +86,7 @@ def check_supported(model: nn.Module, optimizer=None):
     for name, m in model.named_modules():
         if isinstance(m, FullyShardedDataParallel) or (fsdp2 and isinstance(m, fsdp2)):
             raise NotImplementedError(
-                f"model: {name or 'the model'!r} is FSDP-sharded; dynamic sparsity supports DDP (replicated "
+                f"model: {f'module {name!r}' if name else 'the model'} is FSDP-sharded; dynamic sparsity supports DDP (replicated "
                 "parameters) only, not FSDP / ZeRO-3 sharding")
     try:
         from torch.distributed.tensor import DTensor
