@@ -1,6 +1,8 @@
 """The trainer data-parallel on 2 gloo processes (what ``torchrun`` runs): it matches
 one process on the same global batch, writes only on rank 0, and resumes exactly."""
+import contextlib
 import json
+import types
 
 import pytest
 import torch
@@ -39,11 +41,36 @@ def _worker(rank, world, root, single_dir):
         train(_cfg(f"{root}/full"))
     except FileExistsError as e:
         out["exists"] = str(e)
-    try:  # a loss that blows up: every rank stops at the same step (no rank hangs in DDP's backward)
-        train(_cfg(f"{root}/diverged", lr=1e12, momentum=0.0, epochs=1, overwrite=True))
-    except DivergenceError as e:
-        out["diverged"] = str(e)
+    # a NaN loss on rank 1 alone, at its 2nd training step: every rank stops there (none hangs in
+    # DDP's backward), or with skip_nonfinite every rank skips that step
+    with _nan_loss_on_rank_1(rank, at_call=2):
+        try:
+            train(_cfg(f"{root}/diverged", epochs=1))
+        except DivergenceError as e:
+            out["diverged"] = str(e)
+    with _nan_loss_on_rank_1(rank, at_call=2):
+        out["skipped"] = _result(train(_cfg(f"{root}/skipped", epochs=1, skip_nonfinite=True)))
     return out
+
+
+@contextlib.contextmanager
+def _nan_loss_on_rank_1(rank, at_call):
+    from torch.nn import functional as F
+
+    from tritonsparse.train import trainer
+
+    calls = [0]
+
+    def cross_entropy(*args, **kw):
+        calls[0] += 1
+        loss = F.cross_entropy(*args, **kw)
+        return loss * float("nan") if rank == 1 and calls[0] == at_call else loss
+
+    trainer.F = types.SimpleNamespace(cross_entropy=cross_entropy)
+    try:
+        yield
+    finally:
+        trainer.F = F
 
 
 def test_two_ranks_match_one_process_and_resume_exactly(tmp_path, monkeypatch):
@@ -68,9 +95,11 @@ def test_two_ranks_match_one_process_and_resume_exactly(tmp_path, monkeypatch):
     assert ckpt["dst"]["world_size"] == 2 and ckpt["dst"]["skipped_updates"] == 0
     assert "already holds a run" in r0["exists"] and r0["exists"] == r1["exists"]
     assert (tmp_path / "ddp" / "full" / "checkpoint.pt").is_file()
-    assert "training diverged" in r0["diverged"] and "training diverged" in r1["diverged"]
-    step_of = [e[e.index(" at step "):].split(" (")[0] for e in (r0["diverged"], r1["diverged"])]
-    assert step_of[0] == step_of[1], step_of
+    assert "the loss is not finite on another rank at step 2 (" in r0["diverged"]
+    assert "the loss is nan at step 2 (" in r1["diverged"]
+    s0, s1 = r0["skipped"], r1["skipped"]
+    assert s0["history"][-1]["skipped_steps"] == s1["history"][-1]["skipped_steps"] == 1
+    assert s0["hash"] == s1["hash"] and all(torch.equal(s0["model"][k], s1["model"][k]) for k in s0["model"])
     # one process on the same global batches: the same masks, values up to summation order
     for a, b in zip(single["history"], r0["full"]["history"]):
         assert a["layers"] == b["layers"]  # fan-in, active neurons per layer after each epoch
