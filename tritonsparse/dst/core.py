@@ -248,7 +248,7 @@ class DynamicSparsity:
 
     def check_consistent(self, values: bool = True) -> str:
         """Under ``torch.distributed``: raise ``RuntimeError`` if any rank's patterns
-        (and values), step or RNG state differ from rank 0's (a hash per layer is
+        (and values), step, ``skipped_updates`` or RNG state differ from rank 0's (a hash per layer is
         compared; collective, call it on every rank). Returns the hash of this state."""
         return _distributed.check_consistent(self, values)
 
