@@ -7,10 +7,14 @@ import torch
 from torch import nn
 
 from ..nn.condensed_linear import CondensedLinear
+from . import distributed as _distributed
 from .masked import _Masked
 from .schedule import UpdateSchedule
 from .sparsify import METHODS, _check_method, _matches, sparse_layers
 from .updates import NonFiniteError, condensed_update, gradient_candidates, masked_update, random_candidates
+
+
+_LOCAL = object()  # DynamicSparsity._update_layer: the gradient from this process's captures
 
 
 class _Capture:
@@ -52,7 +56,10 @@ class _Capture:
         return {"pairs": list(self.pairs), "dense_grad": self.dense_grad}
 
     def load(self, state: dict):
-        self.pairs, self.dense_grad = list(state.get("pairs", [])), state.get("dense_grad")
+        dev = (self.layer.weight if isinstance(self.layer, _Masked) else self.layer.values).device
+        self.pairs = [(x.to(dev), g.to(dev)) for x, g in state.get("pairs", [])]
+        dense = state.get("dense_grad")
+        self.dense_grad = dense.to(dev) if dense is not None else None
 
 
 class DynamicSparsity:
@@ -86,7 +93,10 @@ class DynamicSparsity:
     and the layers, and ``skipped_updates`` counts the skipped layer-updates.
 
     Args:
-        model: a model prepared by :func:`sparsify` (or holding sparse layers).
+        model: a model prepared by :func:`sparsify` (or holding sparse layers), or the
+            ``DistributedDataParallel`` wrapping it. Under ``torch.distributed`` updates
+            use the global gradient, rank 0 decides and every rank receives the same
+            pattern (see :mod:`tritonsparse.dst.distributed`; ``check_consistent()``).
         optimizer: any ``torch.optim`` optimizer over the model's parameters.
         method: ``"srigl" | "rigl" | "set" | "static"``.
         total_steps: total optimizer steps of the run (T).
@@ -116,6 +126,7 @@ class DynamicSparsity:
         _check_method(method)
         if not 0.0 <= gamma_sal <= 1.0:
             raise ValueError(f"gamma_sal must be in [0, 1], got {gamma_sal!r}")
+        wrapper, model = model, _distributed.unwrap(model)  # a DDP wrapper: work on the module inside
         self.model, self.optimizer, self.method = model, optimizer, method
         self.schedule = UpdateSchedule(total_steps, delta_t, t_end, alpha)
         n = grad_accumulation_n
@@ -146,6 +157,7 @@ class DynamicSparsity:
         self.last_update = {}
         self.last_skipped = []
         self._captures = {}
+        self.distributed = _distributed.setup(self, wrapper, optimizer)  # None in a single process
         self._arm()
 
     # -- capture -----------------------------------------------------------------------
@@ -188,9 +200,11 @@ class DynamicSparsity:
     @torch.no_grad()
     def _update(self, drop_frac: float):
         self.last_update, self.last_skipped = {}, []
+        # under torch.distributed every rank takes part, rank 0 runs _update_layer on the global gradient
+        update_layer = self._update_layer if self.distributed is None else self.distributed.update_layer
         for name, m in self.layers.items():
             try:
-                info = self._update_layer(name, m, drop_frac)
+                info = update_layer(name, m, drop_frac)
             except NonFiniteError:
                 self.last_skipped.append(name)
                 continue
@@ -201,13 +215,20 @@ class DynamicSparsity:
             warnings.warn(f"DynamicSparsity: step {self.step_count}: NaN/inf gradients or weights in "
                           f"{', '.join(self.last_skipped)}; their mask update was skipped and the pattern kept "
                           f"(skipped_updates={self.skipped_updates})", RuntimeWarning, stacklevel=3)
+        if self.distributed is not None:
+            self.distributed.after_update()
 
-    def _update_layer(self, name, m, drop_frac):
+    def _update_layer(self, name, m, drop_frac, gradient=_LOCAL):
         """One layer's update; None if it took no part in the captured steps. Raises
-        NonFiniteError, with the layer unchanged, on NaN/inf gradients or weights."""
+        NonFiniteError, with the layer unchanged, on NaN/inf gradients or weights.
+
+        ``gradient`` is the layer's gradient, by default from this process's captures:
+        for a masked layer its dense gradient (or None), for a condensed one a
+        ``candidates`` function (or None). Under ``torch.distributed`` rank 0 passes the
+        global one (:mod:`tritonsparse.dst.distributed`), so both run these same rules."""
         cap = self._captures.get(name)
         if isinstance(m, _Masked):
-            grad = cap.dense_grad if cap is not None else None
+            grad = (cap.dense_grad if cap is not None else None) if gradient is _LOCAL else gradient
             if self.method == "rigl" and grad is None:
                 return None  # the layer took no part in this step's training forward
             return masked_update(m, self.optimizer, drop_frac, grad, self.generator)
@@ -215,13 +236,21 @@ class DynamicSparsity:
             cands = random_candidates(m.out_features, m.in_features, m.values.device, self.generator)
             gamma = None
         else:
-            x, g = cap.tensors() if cap is not None else (None, None)
-            if x is None:
+            if gradient is _LOCAL:
+                x, g = cap.tensors() if cap is not None else (None, None)
+                gradient = None if x is None else gradient_candidates(x, g, tf32=self.tf32)
+            if gradient is None:
                 return None
-            cands = gradient_candidates(x, g, tf32=self.tf32)
+            cands = gradient
             ablate = self.gamma_sal > 0 and not _matches(name, self.no_ablation)
             gamma = self.gamma_sal if ablate else None
         return condensed_update(m, self.optimizer, drop_frac, cands, gamma)
+
+    def check_consistent(self, values: bool = True) -> str:
+        """Under ``torch.distributed``: raise ``RuntimeError`` if any rank's patterns
+        (and values), step, ``skipped_updates`` or RNG state differ from rank 0's (a hash per layer is
+        compared; collective, call it on every rank). Returns the hash of this state."""
+        return _distributed.check_consistent(self, values)
 
     # -- reporting and checkpoints ---------------------------------------------------------
     def layer_stats(self) -> dict:
@@ -244,19 +273,32 @@ class DynamicSparsity:
         """The sparsifier's own state (step, RNG, settings, ``skipped_updates``, and what
         was captured so far inside a ``grad_accumulation_n`` window, so a resume there is
         exact). The masks and values live in the model's state_dict, the moved optimizer
-        state in the optimizer's."""
+        state in the optimizer's.
+
+        Under ``torch.distributed`` this is collective (call it on every rank): each
+        rank captured its own micro-batch, so every rank's captures are gathered (on the
+        CPU) into ``"captures_by_rank"``, and the returned state is the same on every rank."""
+        captures = {n: c.state() for n, c in self._captures.items() if c.pairs or c.dense_grad is not None}
+        if self.distributed is not None:
+            return dict(self._settings(), world_size=self.distributed.world, captures={},
+                        captures_by_rank=_distributed.gather_captures(captures))
+        return dict(self._settings(), captures=captures)
+
+    def _settings(self) -> dict:
         s = self.schedule
         return {"step": self.step_count, "rng_state": self.generator.get_state(), "method": self.method,
                 "total_steps": s.total_steps, "delta_t": s.delta_t, "alpha": s.alpha, "t_end": s.t_end,
                 "gamma_sal": self.gamma_sal, "no_ablation": list(self.no_ablation),
                 "grad_accumulation_n": self.grad_accumulation_n, "tf32": self.tf32,
-                "skipped_updates": self.skipped_updates,
-                "captures": {n: c.state() for n, c in self._captures.items() if c.pairs or c.dense_grad is not None}}
+                "skipped_updates": self.skipped_updates}
 
     def load_state_dict(self, state: dict):
-        """Restore :meth:`state_dict` (load the model and optimizer state too)."""
+        """Restore :meth:`state_dict` (load the model and optimizer state too). Captures
+        of an unfinished ``grad_accumulation_n`` window belong to the ranks that made
+        them: such a state loads only into a job with the same number of processes."""
         if state.get("method") != self.method:
             raise ValueError(f"state is for method={state.get('method')!r} but this sparsifier uses {self.method!r}")
+        captures = _distributed.captures_of_this_rank(state, self.distributed)
         self.step_count = int(state["step"])
         self.generator.set_state(state["rng_state"])
         self.schedule = UpdateSchedule(int(state["total_steps"]), int(state["delta_t"]), float(state["t_end"]),
@@ -268,7 +310,7 @@ class DynamicSparsity:
         self.skipped_updates = int(state.get("skipped_updates", 0))
         self._captures = {}
         self._arm()
-        for name, cs in state.get("captures", {}).items():
+        for name, cs in captures.items():
             if name in self._captures:
                 self._captures[name].load(cs)
 
