@@ -1,22 +1,46 @@
-"""Fused gradient top-k: per output row, the k columns with the largest
+"""Gradient top-k: per output row, the k columns with the largest
 
     |G[row, d]|,   G = grad_outputᵀ @ x   (out, in)
 
-without ever writing G. A program owns BLOCK_M output rows. It walks the input columns
-in tiles of TILE_D (= max(BLOCK_D, KP)): each tile of G is a ``tl.dot`` over the batch
-(tensor cores, fp32 accumulation), turned into int64 sort keys
+Two implementations, chosen by the per-row buffer width KP = next_power_of_2(k + Kx)
+(Kx: the excluded columns per row), :func:`uses_fused_kernel`:
+
+**Fused kernel (KP <= 128).** G is never written. A program owns BLOCK_M output rows. It
+walks the input columns in tiles of TILE_D (= max(BLOCK_D, KP)): each tile of G is a
+``tl.dot`` over the batch (fp32 accumulation; ``input_precision`` "ieee", exact fp32, by
+default, "tf32" on request), turned into int64 sort keys
 
     key = (bits of |G| as int32) << 32 | (2**31 - 1 - d)
 
 (|G| >= 0, so its float bits order like the value; the low word breaks ties towards the
 smaller column, which makes the result deterministic), and merged into a running sorted
 buffer of the KP best keys per row with ``tl.topk``. Tiles whose best key cannot enter
-any row's buffer are skipped. Masked-out columns get key -1, below every real key.
+any row's buffer are skipped. Masked-out columns and NaN scores get key -1, below every
+real key: **a NaN score is never selected** (a row with fewer than k non-NaN, allowed
+columns is padded with index -1 and score -inf, like a row with too many exclusions).
+``exclude`` (out, Kx) lists columns a row must not return (negative entries are
+padding); after the last tile the excluded columns are struck out of the buffer and the
+best k of the rest are exact. Extra memory: the (out, k) outputs.
 
-``exclude`` (out, Kx) lists columns a row must not return (the active ones; negative
-entries are padding). The buffer holds KP >= k + Kx keys, so after the last tile the
-excluded columns are struck out once per row and the best k of the rest are exact.
-Extra memory: the (out, k) outputs.
+The merge holds a (BLOCK_M, 2·KP) int64 tensor in registers, so KP is capped at 128:
+every config the prune keeps up to KP = 128 builds for sm_80/sm_90 with 0 spills and 0
+stack (``python -m tritonsparse._aot``); the old fallback for KP = 1024 had 255
+registers, 5.4 KB of stack and a 7-minute compile.
+
+**Row chunks through the GEMM (KP > 128).** :func:`gradient_topk_chunked`: rows of G in
+chunks of at most ``_CHUNK_BYTES`` (a dense ``grad_output[:, rows]ᵀ @ x`` in fp32, exact
+unless ``tf32``), the same int64 keys (NaN and excluded columns -> -1), and ``torch.topk``
+on the keys: the same selection, order and NaN rule as the kernel. Extra memory: one
+chunk of G and its keys (12 bytes per element, at most ``_CHUNK_BYTES``).
+
+Modeled cost on an H100 SXM (**modeled**, not measured: the shared SASS roofline model's
+constants, fp32 SGEMM 50 TFLOP/s, TF32 400 TFLOP/s, L2 5.5 TB/s, 2 µs per kernel), ViT-B
+MLP layers at batch 256: the dense baseline ``(grad_outputᵀ x).abs()`` + mask +
+``torch.topk`` costs the GEMM (fp32 24 µs, TF32 5 µs) plus ~6 passes over the 9.4 MB G
+(~10 µs) plus kernel floors (~8 µs); the chunked path is that same work (one chunk) plus
+one pass to build the keys: ~45 µs exact fp32, ~26 µs TF32, i.e. 1.0-1.1x the dense
+baseline and 5x the TF32 GEMM alone. See the README's kernel table for the fused
+kernel's figures.
 """
 from __future__ import annotations
 
@@ -24,7 +48,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import autotune, batch_bucket, next_power_of_2
+from types import SimpleNamespace
+
+from .._triton import autotune, batch_bucket, launch_device, next_power_of_2
 
 # Register budget, measured with the AOT compile (sm_80/sm_90, no spills): the fp32 tile,
 # its int64 keys and the (BLOCK_M, 2*KP) int64 merge hold about
@@ -43,21 +69,33 @@ def _fits(bm, bd, kp, warps):
 def _configs():
     # The interpreter keeps only the first config: a small tile that handles every case.
     configs = [triton.Config({"BLOCK_M": 16, "BLOCK_D": 16, "BLOCK_B": 16}, num_warps=4, num_stages=2)]
-    # (BLOCK_M, BLOCK_D, BLOCK_B, num_warps); two stages and BLOCK_B <= 32: more spills
-    for bm, bd, bb, w in [(16, 64, 32, 4), (32, 64, 32, 8), (32, 128, 32, 8),
-                          (16, 32, 32, 8)]:  # for long top-k lists (KP 128)
-        configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_D": bd, "BLOCK_B": bb}, num_warps=w, num_stages=2))
+    # (BLOCK_M, BLOCK_D, BLOCK_B, num_warps, num_stages); BLOCK_B <= 32: more spills. The
+    # last two serve long top-k lists (KP 128): with two stages the w8 tile spills 16 B.
+    for bm, bd, bb, w, st in [(16, 64, 32, 4, 2), (32, 64, 32, 8, 2), (32, 128, 32, 8, 2),
+                              (16, 32, 32, 8, 1), (16, 128, 16, 16, 2)]:
+        configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_D": bd, "BLOCK_B": bb}, num_warps=w, num_stages=st))
     return configs
 
 
 def _prune(configs, named_args, **kwargs):
+    """The configs whose registers fit at this KP (none is kept past ``MAX_KERNEL_KP``:
+    the launcher sends those to :func:`gradient_topk_chunked`)."""
     kp = int(kwargs.get("KP", named_args.get("KP", 16)))
+    if kp > MAX_KERNEL_KP:
+        raise ValueError(f"gradient_topk kernel: KP={kp} is past {MAX_KERNEL_KP}; use gradient_topk_chunked")
     b = int(named_args["b_bucket"])
     out = int(named_args["out_features"])
     kept = [c for c in configs[1:]
             if _fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_D"], kp, c.num_warps)
             and c.kwargs["BLOCK_B"] <= max(b, 16) and c.kwargs["BLOCK_M"] <= max(next_power_of_2(out), 16)]
-    return kept or configs[:1]
+    if not kept:  # a smaller problem than every tile: the smallest tile that fits at this KP
+        kept = [c for c in configs[1:] if _fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_D"], kp, c.num_warps)][:1]
+    if not kept:
+        raise ValueError(f"gradient_topk kernel: no config fits KP={kp} (at most {MAX_KERNEL_KP})")
+    return kept
+
+
+MAX_KERNEL_KP = 128  # wider buffers take the chunked GEMM path
 
 
 @autotune(configs=_configs(), key=["out_features", "in_features", "b_bucket", "KP", "HAS_EXCLUDE"],
@@ -94,7 +132,7 @@ def _gradient_topk_kernel(
             acc = tl.dot(g, xv, acc, input_precision=PRECISION)
         bits = tl.abs(acc).to(tl.int32, bitcast=True).to(tl.int64)
         key = (bits << 32) | (2147483647 - ds).to(tl.int64)[None, :]
-        key = tl.where(d_mask[None, :], key, -1)
+        key = tl.where(d_mask[None, :] & (acc == acc), key, -1)  # NaN scores are never selected
         gain = tl.max((tl.max(key, axis=1) > thr).to(tl.int32), axis=0)
         if gain > 0:
             if TILE_D > KP:
@@ -131,37 +169,99 @@ def buffer_width(k: int, kx: int) -> int:
     return max(next_power_of_2(k + kx), 16)
 
 
-def gradient_topk(x, grad_output, k, exclude, scores, indices, precision="tf32"):
-    """Launch the kernel. x: (B, in), grad_output: (B, out) (any strides), exclude:
-    (out, Kx) integer tensor or None; scores (out, k) fp32 and indices (out, k) int64
-    are written in full (the kernel writes the scores' float bits through an int32 view)."""
+def uses_fused_kernel(k: int, kx: int) -> bool:
+    """Whether ``k`` results with ``kx`` exclusions per row run the fused kernel (buffer
+    up to ``MAX_KERNEL_KP``) rather than :func:`gradient_topk_chunked`."""
+    return buffer_width(k, kx) <= MAX_KERNEL_KP
+
+
+def gradient_topk(x, grad_output, k, exclude, scores, indices, precision="ieee"):
+    """Launch the fused kernel (``uses_fused_kernel(k, Kx)`` must hold). x: (B, in),
+    grad_output: (B, out) (any strides), exclude: (out, Kx) integer tensor or None;
+    scores (out, k) fp32 and indices (out, k) int64 are written in full (the kernel writes
+    the scores' float bits through an int32 view). ``precision``: "ieee" or "tf32"."""
     B, in_features = x.shape
     out_features = grad_output.shape[1]
     kx = exclude.shape[1] if exclude is not None else 0
+    if not uses_fused_kernel(k, kx):
+        raise ValueError(f"k + Kx = {k + kx} needs a buffer past {MAX_KERNEL_KP}: use gradient_topk_chunked")
     ex = exclude if exclude is not None else indices  # a placeholder pointer when unused
     grid = lambda meta: (triton.cdiv(out_features, meta["BLOCK_M"]),)  # noqa: E731
-    _gradient_topk_kernel[grid](
-        x, grad_output, ex, scores.view(torch.int32), indices,
-        B, out_features, in_features, k, kx, batch_bucket(B),
-        x.stride(0), x.stride(1), grad_output.stride(0), grad_output.stride(1),
-        ex.stride(0), ex.stride(1), scores.stride(0), indices.stride(0),
-        KP=buffer_width(k, kx), HAS_EXCLUDE=exclude is not None, PRECISION=precision,
-    )
+    with launch_device(x):
+        _gradient_topk_kernel[grid](
+            x, grad_output, ex, scores.view(torch.int32), indices,
+            B, out_features, in_features, k, kx, batch_bucket(B),
+            x.stride(0), x.stride(1), grad_output.stride(0), grad_output.stride(1),
+            ex.stride(0), ex.stride(1), scores.stride(0), indices.stride(0),
+            KP=buffer_width(k, kx), HAS_EXCLUDE=exclude is not None, PRECISION=precision,
+        )
+    return scores, indices
+
+
+_CHUNK_BYTES = 256 * 2**20  # G and its int64 keys for one chunk of rows
+
+
+def chunk_rows(out_features: int, in_features: int) -> int:
+    """Rows of G per chunk in :func:`gradient_topk_chunked` (12 bytes per element)."""
+    return max(1, min(out_features, _CHUNK_BYTES // max(12 * in_features, 1)))
+
+
+def gradient_topk_chunked(x, grad_output, k, exclude=None, tf32=False):
+    """Per-row top-k of |grad_outputᵀ x| through row chunks of the dense product, for any
+    k: each chunk of rows is one GEMM in fp32 (TF32 only if ``tf32`` and on CUDA), then
+    ``torch.topk`` on the kernel's int64 keys, so ties go to the smaller column and NaN
+    scores are never selected, exactly like the fused kernel. Returns ``(scores fp32,
+    indices int64)``, each (out, k); a row with fewer than k selectable columns is padded
+    with -1 / -inf."""
+    out_features, in_features = grad_output.shape[1], x.shape[1]
+    xf, gf = x.float(), grad_output.float()
+    scores = torch.empty(out_features, k, dtype=torch.float32, device=x.device)
+    indices = torch.empty(out_features, k, dtype=torch.int64, device=x.device)
+    cols = (2**31 - 1) - torch.arange(in_features, device=x.device, dtype=torch.int64)
+    step = chunk_rows(out_features, in_features)
+    cuda = x.device.type == "cuda"
+    saved = torch.backends.cuda.matmul.allow_tf32 if cuda else None
+    try:
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+        for r0 in range(0, out_features, step):
+            r1 = min(out_features, r0 + step)
+            g = (gf[:, r0:r1].t() @ xf).abs_()
+            key = g.view(torch.int32).to(torch.int64).bitwise_left_shift_(32).bitwise_or_(cols)
+            key.masked_fill_(g.isnan(), -1)
+            if exclude is not None:
+                ex = exclude[r0:r1].long()
+                keep = ex >= 0  # negative entries are padding
+                rows = torch.arange(r1 - r0, device=x.device)[:, None].expand_as(ex)
+                key[rows[keep], ex[keep]] = -1
+            top = key.topk(k, dim=1).values
+            valid = top >= 0
+            scores[r0:r1] = torch.where(valid, (top >> 32).to(torch.int32).view(torch.float32), float("-inf"))
+            indices[r0:r1] = torch.where(valid, (2**31 - 1) - (top & 0xFFFFFFFF), -1)
+    finally:
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = saved
     return scores, indices
 
 
 def _aot_specs():
-    """(autotuner, signature, constexprs) for the ahead-of-time compile check: fp32 and
-    bf16 inputs, with and without an exclusion list, for a buffer of 64 keys."""
+    """(configs holder, signature, constexprs) for the ahead-of-time compile check: fp32
+    (exact and TF32) and bf16 inputs, with and without an exclusion list, at KP = 64 and
+    at the widest buffer the kernel takes (``MAX_KERNEL_KP``), each with the configs the
+    prune keeps at that KP (a config the prune drops never runs there)."""
     ints = {n: "i32" for n in ("B", "out_features", "in_features", "k", "Kx", "b_bucket",
                                "stride_x_b", "stride_x_d", "stride_go_b", "stride_go_n",
                                "stride_ex_n", "stride_ex_k", "stride_s_n", "stride_i_n")}
+    tuner = _gradient_topk_kernel
     specs = []
-    for dt, prec in (("fp32", "tf32"), ("bf16", "ieee")):
-        for has_ex in (False, True):
-            sig = {"x_ptr": f"*{dt}", "go_ptr": f"*{dt}", "ex_ptr": "*i32", "scores_ptr": "*i32",
-                   "idx_ptr": "*i64", **ints}
-            specs.append((_gradient_topk_kernel, sig, {"KP": 64, "HAS_EXCLUDE": has_ex, "PRECISION": prec}))
+    for kp in (64, MAX_KERNEL_KP):
+        kept = _prune(_configs(), {"b_bucket": 4096, "out_features": 1 << 20}, KP=kp)  # all configs, also under the interpreter
+        holder = SimpleNamespace(fn=tuner.fn, configs=kept)
+        for dt, prec in (("fp32", "ieee"), ("fp32", "tf32"), ("bf16", "ieee")):
+            for has_ex in (False, True):
+                sig = {"x_ptr": f"*{dt}", "go_ptr": f"*{dt}", "ex_ptr": "*i32", "scores_ptr": "*i32",
+                       "idx_ptr": "*i64", **ints}
+                specs.append((holder, sig, {"KP": kp, "HAS_EXCLUDE": has_ex, "PRECISION": prec}))
     return specs
 
 
