@@ -228,3 +228,13 @@ def test_launcher_enters_the_tensors_device(monkeypatch):
     x, g = _int_data(4, 5, 30)
     gradient_topk(x, g, 3)
     assert len(seen) == 1 and seen[0] is x
+
+
+def test_chunked_cost_model_matches_the_documented_figures():
+    """The README and the module docstring quote these modeled numbers (ViT-B 3072 x 768,
+    batch 256): keep them in step with the model."""
+    from tritonsparse.kernels.gradient_topk import chunked_cost_model
+
+    exact, fast = chunked_cost_model(256, 3072, 768), chunked_cost_model(256, 3072, 768, tf32=True)
+    assert [round(exact[k]) for k in ("gemm_us", "chunked_us", "dense_topk_us")] == [26, 73, 49]
+    assert [round(fast[k]) for k in ("gemm_us", "chunked_us", "dense_topk_us")] == [5, 52, 28]

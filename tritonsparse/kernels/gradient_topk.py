@@ -29,18 +29,17 @@ registers, 5.4 KB of stack and a 7-minute compile.
 
 **Row chunks through the GEMM (KP > 128).** :func:`gradient_topk_chunked`: rows of G in
 chunks of at most ``_CHUNK_BYTES`` (a dense ``grad_output[:, rows]ᵀ @ x`` in fp32, exact
-unless ``tf32``), the same int64 keys (NaN and excluded columns -> -1), and ``torch.topk``
-on the keys: the same selection, order and NaN rule as the kernel. Extra memory: one
-chunk of G and its keys (12 bytes per element, at most ``_CHUNK_BYTES``).
+unless ``tf32``), then the kernel's selection rule on fp32 scores (NaN and excluded
+columns -> -1; ``torch.topk`` for each row's k-th score, then the columns above it and the
+lowest-numbered ones equal to it): the same columns, order and NaN rule as the kernel.
+Extra memory: one chunk of G and its masks (at most ``_CHUNK_BYTES``).
 
-Modeled cost on an H100 SXM (**modeled**, not measured: the shared SASS roofline model's
-constants, fp32 SGEMM 50 TFLOP/s, TF32 400 TFLOP/s, L2 5.5 TB/s, 2 µs per kernel), ViT-B
-MLP layers at batch 256: the dense baseline ``(grad_outputᵀ x).abs()`` + mask +
-``torch.topk`` costs the GEMM (fp32 24 µs, TF32 5 µs) plus ~6 passes over the 9.4 MB G
-(~10 µs) plus kernel floors (~8 µs); the chunked path is that same work (one chunk) plus
-one pass to build the keys: ~45 µs exact fp32, ~26 µs TF32, i.e. 1.0-1.1x the dense
-baseline and 5x the TF32 GEMM alone. See the README's kernel table for the fused
-kernel's figures.
+Modeled cost (:func:`chunked_cost_model`; **modeled**, H100 SXM, not measured), ViT-B
+3072 x 768 at batch 256: chunked path 73 µs exact fp32 / 52 µs TF32, against the dense
+``(grad_outputᵀ x).abs()`` + mask + ``torch.topk`` at 49 / 28 µs (not deterministic on
+ties) and the TF32 GEMM alone at 5 µs. The extra is the selection's passes over G (58 B
+per element against 40) and kernel floors; it beats the old fallback (a 7-minute compile,
+then a spilling kernel) and is exact.
 """
 from __future__ import annotations
 
@@ -208,16 +207,16 @@ def chunk_rows(out_features: int, in_features: int) -> int:
 
 def gradient_topk_chunked(x, grad_output, k, exclude=None, tf32=False):
     """Per-row top-k of |grad_outputᵀ x| through row chunks of the dense product, for any
-    k: each chunk of rows is one GEMM in fp32 (TF32 only if ``tf32`` and on CUDA), then
-    ``torch.topk`` on the kernel's int64 keys, so ties go to the smaller column and NaN
-    scores are never selected, exactly like the fused kernel. Returns ``(scores fp32,
-    indices int64)``, each (out, k); a row with fewer than k selectable columns is padded
-    with -1 / -inf."""
+    k: each chunk of rows is one GEMM in fp32 (TF32 only if ``tf32`` and on CUDA), then the
+    fused kernel's selection rule on fp32 scores: NaN and excluded columns score -1 (never
+    selected), ``torch.topk`` gives each row's k-th score t, and the row keeps every column
+    above t plus the lowest-numbered columns equal to t, best first, ties by ascending
+    column. Returns ``(scores fp32, indices int64)``, each (out, k); a row with fewer than
+    k selectable columns is padded with -1 / -inf."""
     out_features, in_features = grad_output.shape[1], x.shape[1]
     xf, gf = x.float(), grad_output.float()
     scores = torch.empty(out_features, k, dtype=torch.float32, device=x.device)
     indices = torch.empty(out_features, k, dtype=torch.int64, device=x.device)
-    cols = (2**31 - 1) - torch.arange(in_features, device=x.device, dtype=torch.int64)
     step = chunk_rows(out_features, in_features)
     cuda = x.device.type == "cuda"
     saved = torch.backends.cuda.matmul.allow_tf32 if cuda else None
@@ -226,22 +225,55 @@ def gradient_topk_chunked(x, grad_output, k, exclude=None, tf32=False):
             torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
         for r0 in range(0, out_features, step):
             r1 = min(out_features, r0 + step)
-            g = (gf[:, r0:r1].t() @ xf).abs_()
-            key = g.view(torch.int32).to(torch.int64).bitwise_left_shift_(32).bitwise_or_(cols)
-            key.masked_fill_(g.isnan(), -1)
+            g = torch.nan_to_num_((gf[:, r0:r1].t() @ xf).abs_(), nan=-1.0, posinf=float("inf"))
             if exclude is not None:
                 ex = exclude[r0:r1].long()
                 keep = ex >= 0  # negative entries are padding
                 rows = torch.arange(r1 - r0, device=x.device)[:, None].expand_as(ex)
-                key[rows[keep], ex[keep]] = -1
-            top = key.topk(k, dim=1).values
+                g[rows[keep], ex[keep]] = -1.0
+            t = g.topk(k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
+            above = g > t
+            tied = g == t
+            room = k - above.sum(dim=1, keepdim=True)
+            chosen = above | (tied & (tied.cumsum(dim=1) <= room))
+            cols = chosen.nonzero()[:, 1].view(r1 - r0, k)  # k per row, ascending column
+            top = g.gather(1, cols)
+            order = torch.sort(top, dim=1, descending=True, stable=True).indices  # ties keep ascending column
+            top, cols = top.gather(1, order), cols.gather(1, order)
             valid = top >= 0
-            scores[r0:r1] = torch.where(valid, (top >> 32).to(torch.int32).view(torch.float32), float("-inf"))
-            indices[r0:r1] = torch.where(valid, (2**31 - 1) - (top & 0xFFFFFFFF), -1)
+            scores[r0:r1] = torch.where(valid, top, float("-inf"))
+            indices[r0:r1] = torch.where(valid, cols, -1)
     finally:
         if cuda:
             torch.backends.cuda.matmul.allow_tf32 = saved
     return scores, indices
+
+
+# H100 SXM constants of the shared SASS roofline model (tools/sass_model in the workspace)
+_H100 = {"l2_bytes_per_s": 5.5e12, "floor_us": 2.0, "fp32_flops": 50e12, "tf32_flops": 400e12}
+
+
+def chunked_cost_model(batch: int, in_features: int, out_features: int, tf32: bool = False) -> dict:
+    """**Modeled** H100 SXM time (µs) of :func:`gradient_topk_chunked` next to the dense
+    baseline ``(grad_outputᵀ x).abs()``, exclusion mask, ``torch.topk`` on fp32 scores.
+
+    A model, not a measurement: the GEMM at cuBLAS's achieved rate (fp32 50, TF32 400
+    TFLOP/s), every other op streams its bytes through L2 at 5.5 TB/s, plus 2 µs per
+    kernel. Bytes per element of G, chunked path: abs 8, NaN fill 8, ``topk`` on fp32 as a
+    radix select of 4 passes of 4 B (16), two compares 5 + 5, a row sum 1, a cumsum 9, the
+    final mask 3 + 1 + 1, ``nonzero`` 1 (58 B, 11 kernels with the small gathers and sort);
+    baseline: abs 8, exclusion mask 16, ``topk`` 16 (40 B, 3 kernels)."""
+    rate = _H100["tf32_flops"] if tf32 else _H100["fp32_flops"]
+    gemm = 2 * batch * in_features * out_features / rate * 1e6 + _H100["floor_us"]
+    elems = in_features * out_features
+    bw = _H100["l2_bytes_per_s"] / 1e6  # bytes per µs
+
+    def passes(bytes_per_elem, kernels):
+        return elems * bytes_per_elem / bw + kernels * _H100["floor_us"]
+
+    chunked = gemm + passes(8 + 8 + 16 + 5 + 5 + 1 + 9 + 3 + 1 + 1 + 1, 11)
+    dense = gemm + passes(8 + 16 + 16, 3)
+    return {"gemm_us": gemm, "chunked_us": chunked, "dense_topk_us": dense}
 
 
 def _aot_specs():
