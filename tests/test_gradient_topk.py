@@ -98,10 +98,13 @@ def test_aot_specs_cover_fp32_and_bf16():
 
     dtypes = {sig["x_ptr"] for _, sig, _ in mod.AOT_SPECS}
     assert dtypes == {"*fp32", "*bf16"}
+    built = set()
     for autotuner, sig, constexprs in mod.AOT_SPECS:
         assert hasattr(autotuner, "fn") and constexprs["KP"] >= 16
-        for cfg in autotuner.configs:  # every config fits the register budget at this KP
-            assert mod._fits(cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_D"], constexprs["KP"], cfg.num_warps)
+        for cfg in autotuner.configs:  # each config is built at the widest KP the prune keeps it for
+            assert mod._max_kp(cfg) == constexprs["KP"]
+            built.add((tuple(cfg.kwargs.items()), cfg.num_warps, cfg.num_stages))
+    assert len(built) == len(mod._configs()) - 1  # every GPU config is built
 
 
 @pytest.mark.gpu
@@ -184,17 +187,17 @@ def test_long_lists_take_the_chunked_path(monkeypatch, k, kx):
 
 def test_kernel_prune_never_falls_back_past_the_cap():
     """No config is kept past KP = 128 (the old fallback built a 255-register, 5.4 KB-stack
-    kernel there), and at every KP up to the cap the prune keeps a config that fits."""
+    kernel there), and at every KP up to the cap the prune keeps a config built for it."""
     from tritonsparse.kernels import gradient_topk as mod
 
     configs = mod._configs()  # the full list (the interpreter's autotuner keeps one)
     for kp in (16, 32, 64, 128):
         for b, out in ((16, 16), (256, 768), (4096, 100000)):
             kept = mod._prune(configs, {"b_bucket": b, "out_features": out}, KP=kp)
-            assert kept and all(mod._fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_D"], kp, c.num_warps) for c in kept)
+            assert kept and all(kp <= mod._max_kp(c) for c in kept)
     with pytest.raises(ValueError, match="KP=256"):
         mod._prune(configs, {"b_bucket": 256, "out_features": 768}, KP=256)
-    assert {sp[2]["KP"] for sp in mod.AOT_SPECS} == {64, mod.MAX_KERNEL_KP}
+    assert max(sp[2]["KP"] for sp in mod.AOT_SPECS) == mod.MAX_KERNEL_KP == 128
     assert {sp[2]["PRECISION"] for sp in mod.AOT_SPECS} == {"ieee", "tf32"}
 
 

@@ -44,7 +44,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import autotune, batch_bucket, launch_device, next_power_of_2, size_bucket
+from .._triton import autotune, batch_bucket, launch_device, size_bucket
+from .condensed_dw import tile_indices
 
 # (BLOCK_N, BLOCK_K, BLOCK_P, num_warps). Triton spreads the lanes and warps of the 3-D
 # tile over the pixels first, so a thread holds BLOCK_P / (32·num_warps) pixels of each of
@@ -213,12 +214,8 @@ def _condensed_conv_dw_kernel(
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_s = tl.program_id(2)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    row_mask = rows < n
-    nk_mask = row_mask[:, None] & (ks < K)[None, :]
-    rows64 = rows.to(tl.int64)
-    idx = tl.load(indices_ptr + rows64[:, None] * stride_i_n + ks[None, :] * stride_i_k, mask=nk_mask, other=0)
+    rows, ks, row_mask, nk_mask, rows64, idx = tile_indices(indices_ptr, pid_n, pid_k, n, K, stride_i_n, stride_i_k,
+                                                            BLOCK_N, BLOCK_K)
     dy, dx, tap_off = _decode_taps(idx, n_taps, KH, KW, dil_h, dil_w, stride_xc, stride_xh, stride_xw)
     gy_rows = gy_ptr + rows64[:, None] * stride_gy_n
 

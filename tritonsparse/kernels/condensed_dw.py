@@ -70,6 +70,20 @@ def _prune_dw(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
+@triton.jit
+def tile_indices(indices_ptr, pid_n, pid_k, n, K, stride_i_n, stride_i_k,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The (BLOCK_N rows x BLOCK_K slots) tile (pid_n, pid_k) of an (n, K) index array:
+    ``(rows, slots, row mask, tile mask, int64 rows, indices)``; masked slots read 0."""
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    row_mask = rows < n
+    nk_mask = row_mask[:, None] & (ks < K)[None, :]
+    rows64 = rows.to(tl.int64)
+    idx = tl.load(indices_ptr + rows64[:, None] * stride_i_n + ks[None, :] * stride_i_k, mask=nk_mask, other=0)
+    return rows, ks, row_mask, nk_mask, rows64, idx
+
+
 @autotune(configs=_dw_configs(), key=["n_bucket", "k_bucket", "b_bucket"], prune_configs_by={"early_config_prune": _prune_dw})
 @triton.jit
 def _condensed_dw_kernel(
@@ -94,12 +108,8 @@ def _condensed_dw_kernel(
     for t in range(pid, n_tiles, n_progs):
         pid_n = t // k_blocks
         pid_k = t - pid_n * k_blocks
-        rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-        row_mask = rows < n
-        nk_mask = row_mask[:, None] & (ks < K)[None, :]
-        rows64 = rows.to(tl.int64)
-        idx = tl.load(indices_ptr + rows64[:, None] * stride_i_n + ks[None, :] * stride_i_k, mask=nk_mask, other=0)
+        rows, ks, row_mask, nk_mask, rows64, idx = tile_indices(indices_ptr, pid_n, pid_k, n, K, stride_i_n, stride_i_k,
+                                                                BLOCK_N, BLOCK_K)
         idx = idx.to(tl.int32)
         in_range = (idx >= 0) & (idx < in_features)
         idx = tl.where(in_range, idx, 0)  # never read outside x; the slot is zeroed below

@@ -51,50 +51,44 @@ from types import SimpleNamespace
 
 from .._triton import autotune, batch_bucket, launch_device, next_power_of_2
 
-# Register budget, measured with the AOT compile (sm_80/sm_90, no spills): the fp32 tile,
-# its int64 keys and the (BLOCK_M, 2*KP) int64 merge hold about
-# BLOCK_M * (TILE_D + 2*KP) <= 1024 * num_warps elements.
-_MAX_ELEMS_PER_WARP = 1024
+# (BLOCK_M, BLOCK_D, BLOCK_B, num_warps, num_stages, widest KP). Each config is kept only
+# up to the widest buffer it was built for without spills or stack on sm_80 and sm_90, in
+# exact fp32 ("ieee", whose FMA dot holds more registers than TF32's), TF32 and bf16, with
+# and without exclusions (``python -m tritonsparse._aot`` builds each at its widest KP).
+_TILES = [
+    (16, 64, 16, 4, 1, 64), (32, 64, 32, 8, 2, 64), (32, 64, 16, 8, 1, 64), (16, 32, 16, 8, 1, 64),
+    (16, 128, 16, 16, 1, 128),
+]
+MAX_KERNEL_KP = max(t[5] for t in _TILES)  # wider buffers take the chunked GEMM path
 
 
-def _tile_d(block_d: int, kp: int) -> int:
-    return max(block_d, kp)
-
-
-def _fits(bm, bd, kp, warps):
-    return bm * (_tile_d(bd, kp) + 2 * kp) <= _MAX_ELEMS_PER_WARP * warps
+def _max_kp(config) -> int:
+    """The widest buffer ``config`` is built for (0 for the interpreter's config)."""
+    return getattr(config, "max_kp", 0)
 
 
 def _configs():
     # The interpreter keeps only the first config: a small tile that handles every case.
     configs = [triton.Config({"BLOCK_M": 16, "BLOCK_D": 16, "BLOCK_B": 16}, num_warps=4, num_stages=2)]
-    # (BLOCK_M, BLOCK_D, BLOCK_B, num_warps, num_stages); BLOCK_B <= 32: more spills. The
-    # last two serve long top-k lists (KP 128): with two stages the w8 tile spills 16 B.
-    for bm, bd, bb, w, st in [(16, 64, 32, 4, 2), (32, 64, 32, 8, 2), (32, 128, 32, 8, 2),
-                              (16, 32, 32, 8, 1), (16, 128, 16, 16, 2)]:
-        configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_D": bd, "BLOCK_B": bb}, num_warps=w, num_stages=st))
+    for bm, bd, bb, w, st, kp in _TILES:
+        c = triton.Config({"BLOCK_M": bm, "BLOCK_D": bd, "BLOCK_B": bb}, num_warps=w, num_stages=st)
+        c.max_kp = kp
+        configs.append(c)
     return configs
 
 
 def _prune(configs, named_args, **kwargs):
-    """The configs whose registers fit at this KP (none is kept past ``MAX_KERNEL_KP``:
-    the launcher sends those to :func:`gradient_topk_chunked`)."""
+    """The configs built for this KP (none past ``MAX_KERNEL_KP``: the launcher sends
+    those to :func:`gradient_topk_chunked`), no taller than the rows, no longer along the
+    batch than needed."""
     kp = int(kwargs.get("KP", named_args.get("KP", 16)))
     if kp > MAX_KERNEL_KP:
         raise ValueError(f"gradient_topk kernel: KP={kp} is past {MAX_KERNEL_KP}; use gradient_topk_chunked")
     b = int(named_args["b_bucket"])
     out = int(named_args["out_features"])
-    kept = [c for c in configs[1:]
-            if _fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_D"], kp, c.num_warps)
-            and c.kwargs["BLOCK_B"] <= max(b, 16) and c.kwargs["BLOCK_M"] <= max(next_power_of_2(out), 16)]
-    if not kept:  # a smaller problem than every tile: the smallest tile that fits at this KP
-        kept = [c for c in configs[1:] if _fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_D"], kp, c.num_warps)][:1]
-    if not kept:
-        raise ValueError(f"gradient_topk kernel: no config fits KP={kp} (at most {MAX_KERNEL_KP})")
-    return kept
-
-
-MAX_KERNEL_KP = 128  # wider buffers take the chunked GEMM path
+    fit = [c for c in configs if kp <= _max_kp(c)]
+    kept = [c for c in fit if c.kwargs["BLOCK_B"] <= max(b, 16) and c.kwargs["BLOCK_M"] <= max(next_power_of_2(out), 16)]
+    return kept or fit[:1]
 
 
 @autotune(configs=_configs(), key=["out_features", "in_features", "b_bucket", "KP", "HAS_EXCLUDE"],
@@ -278,17 +272,15 @@ def chunked_cost_model(batch: int, in_features: int, out_features: int, tf32: bo
 
 def _aot_specs():
     """(configs holder, signature, constexprs) for the ahead-of-time compile check: fp32
-    (exact and TF32) and bf16 inputs, with and without an exclusion list, at KP = 64 and
-    at the widest buffer the kernel takes (``MAX_KERNEL_KP``), each with the configs the
-    prune keeps at that KP (a config the prune drops never runs there)."""
+    (exact and TF32) and bf16 inputs, with and without an exclusion list, each config at
+    the widest KP the prune keeps it for."""
     ints = {n: "i32" for n in ("B", "out_features", "in_features", "k", "Kx", "b_bucket",
                                "stride_x_b", "stride_x_d", "stride_go_b", "stride_go_n",
                                "stride_ex_n", "stride_ex_k", "stride_s_n", "stride_i_n")}
-    tuner = _gradient_topk_kernel
     specs = []
-    for kp in (64, MAX_KERNEL_KP):
-        kept = _prune(_configs(), {"b_bucket": 4096, "out_features": 1 << 20}, KP=kp)  # all configs, also under the interpreter
-        holder = SimpleNamespace(fn=tuner.fn, configs=kept)
+    for kp in sorted({t[5] for t in _TILES}):
+        # each config at the widest KP it is kept for (the worst case for its registers)
+        holder = SimpleNamespace(fn=_gradient_topk_kernel.fn, configs=[c for c in _configs() if _max_kp(c) == kp])
         for dt, prec in (("fp32", "ieee"), ("fp32", "tf32"), ("bf16", "ieee")):
             for has_ex in (False, True):
                 sig = {"x_ptr": f"*{dt}", "go_ptr": f"*{dt}", "ex_ptr": "*i32", "scores_ptr": "*i32",
