@@ -56,7 +56,7 @@ from .._triton import autotune, batch_bucket, launch_device, next_power_of_2
 # exact fp32 ("ieee", whose FMA dot holds more registers than TF32's), TF32 and bf16, with
 # and without exclusions (``python -m tritonsparse._aot`` builds each at its widest KP).
 _TILES = [
-    (16, 64, 16, 4, 1, 64), (32, 64, 32, 8, 2, 64), (32, 64, 16, 8, 1, 64), (16, 32, 16, 8, 1, 64),
+    (16, 64, 16, 4, 1, 64), (32, 64, 32, 8, 2, 64), (32, 64, 16, 8, 1, 64),
     (16, 128, 16, 16, 1, 128),
 ]
 MAX_KERNEL_KP = max(t[5] for t in _TILES)  # wider buffers take the chunked GEMM path
