@@ -24,8 +24,8 @@ channel blocks fastest) and walks the fan-in in chunks of BLOCK_K: per element o
 (BLOCK_N, BLOCK_K, BLOCK_P) gather there is no decode, no padding test and no mask, only
 ``tap offset + pixel offset``, the load and an FMA into a 3-D fp32 accumulator that is
 reduced over the fan-in once, after the loop. sm_90 SASS of the hot loop (ResNet-18 CIFAR
-layer, 64 -> 64 channels, 3x3, K = 58, batch 128, runtime specialization): 5.8-8.2 warp
-instructions per FMA in fp32 and 7.1-10.2 in bf16 over the tiles the autotuner would time,
+layer, 64 -> 64 channels, 3x3, K = 58, batch 128, runtime specialization): 5.8-9.6 warp
+instructions per FMA in fp32 and 7.1-11.6 in bf16 over the tiles the autotuner would time,
 no shared memory, no barrier, 0 spills (it was 28-84 with the decode and the padding
 tests inside the loop).
 
@@ -50,7 +50,7 @@ from .condensed_dw import tile_indices
 # (BLOCK_N, BLOCK_K, BLOCK_P, num_warps). Triton spreads the lanes and warps of the 3-D
 # tile over the pixels first, so a thread holds BLOCK_P / (32·num_warps) pixels of each of
 # its (channel, slot) pairs: the forward's tiles keep that ratio at 2-8, so one tap-offset
-# and one value load serve several FMAs (the sm_90 hot loop is ~6-8 warp instructions per
+# and one value load serve several FMAs (the sm_90 hot loop is ~6-10 warp instructions per
 # FMA, no shared memory or barrier; see the module docstring). The first tile is the one
 # the interpreter runs.
 _FWD_TILES = [
