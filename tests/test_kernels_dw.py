@@ -120,3 +120,18 @@ def test_autotune_keys_are_bucketed():
     from tritonsparse.kernels.condensed_dw import _condensed_dw_kernel
 
     assert set(_condensed_dw_kernel.keys) == {"n_bucket", "k_bucket", "b_bucket"}
+
+
+@interpreter_only
+def test_launcher_enters_the_tensors_device(monkeypatch):
+    """The launch runs under the inputs' device context (torch.cuda.device(x.device) on
+    CUDA; a no-op on CPU)."""
+    import contextlib
+
+    import tritonsparse.kernels.condensed_dw as mod
+
+    seen = []
+    monkeypatch.setattr(mod, "launch_device", lambda t: seen.append(t) or contextlib.nullcontext())
+    xT, gT = torch.randn(11, 5), torch.randn(3, 5)
+    mod.condensed_dw(xT, gT, random_indices(3, 2, 11), torch.empty(3, 2))
+    assert len(seen) == 1 and seen[0] is xT
