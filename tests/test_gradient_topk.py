@@ -270,3 +270,15 @@ def test_fused_kernel_cuda(dtype):
     ref_s, ref_c = gradient_topk_reference(x, g, 40, ex)
     torch.testing.assert_close(scores, ref_s, rtol=0, atol=0)
     assert torch.equal(cols, ref_c)
+
+
+def test_chunked_path_ties_and_padding():
+    """All-equal scores and rows with fewer than k allowed columns: the chunked path pads
+    with -1 / -inf and orders ties by column, like the reference and the kernel."""
+    from tritonsparse.kernels.gradient_topk import gradient_topk_chunked
+
+    x, g = torch.ones(4, 18), torch.ones(4, 5)
+    ex = _exclude(5, 18, 6, pad=False)
+    got, ref = gradient_topk_chunked(x, g, 14, ex), gradient_topk_reference(x, g, 14, ex)
+    assert torch.equal(got[1], ref[1]) and torch.equal(got[0], ref[0])
+    assert (got[1][:, 12:] == -1).all()
