@@ -14,9 +14,9 @@ channels-last); y and grad_y are contiguous NCHW. dX is not here: the layer comp
 the condensed dX of the unfolded gradient followed by ``F.fold`` (see
 :mod:`tritonsparse.conv_ops`).
 
-Forward. ``xpad`` is made real, once per call: one ``F.pad`` writes a contiguous
-(B, C + 1, H + 2·ph, W + 2·pw) copy whose extra channel is all zero (costs one read and
-one write of x, and that much memory while the kernel runs). A small kernel then decodes
+Forward. ``xpad`` is made real, once per call: one ``F.pad`` writes a (B, C + 1,
+H + 2·ph, W + 2·pw) copy in x's memory format whose extra channel is all zero (one read
+and one write of x, and that much memory while the kernel runs). A small kernel then decodes
 every index once into an (n, K) table of tap offsets into the copy; an index outside
 [0, C·kh·kw), a fan-in tail slot and a row past n all point at the zero channel. The
 forward program owns a (BLOCK_N output channels x BLOCK_P pixels) tile of y (a 1-D grid,
@@ -243,9 +243,9 @@ def _geometry_args(x, out_hw, kernel_size, stride, padding, dilation):
 
 
 def pad_input(x, padding):
-    """x (B, C, H, W) -> (B, C + 1, H + 2·ph, W + 2·pw), contiguous: the zero padding made
-    real and one all-zero extra channel (what masked slots read). One ``F.pad`` (reads x
-    once, writes the copy once)."""
+    """x (B, C, H, W) -> (B, C + 1, H + 2·ph, W + 2·pw) in x's memory format (NCHW or
+    channels-last): the zero padding made real and one all-zero extra channel (what masked
+    slots read). One ``F.pad`` (reads x once, writes the copy once)."""
     import torch.nn.functional as F
 
     return F.pad(x, (padding[1], padding[1], padding[0], padding[0], 0, 1))
