@@ -77,16 +77,17 @@ def prune_gather_configs(n_arg: str, k_arg: str):
         b = int(named_args["b_bucket"])
         n = max(int(named_args[n_arg]), 1)
         k = max(int(named_args[k_arg]), 1)
-        kept = []
-        for c in configs[1:]:
-            bn, bk, bb, unroll, _ = tile_of(c)
-            if b <= SMALL_BATCH:
-                fits = bb == b and bk <= max(k, 16)
-            else:
-                fits = WIDE_BATCH <= bb <= max(b, WIDE_BATCH) and unroll <= k
-            if fits and bn <= max(n, 8):
-                kept.append(c)
-        return kept or configs[:1]
+        if b <= SMALL_BATCH:
+            regime = [c for c in configs[1:] if c.kwargs["BLOCK_B"] == b]  # configs[0]: the interpreter's
+        else:
+            regime = [c for c in configs[1:] if WIDE_BATCH <= c.kwargs["BLOCK_B"] <= b]
+        rows_ok = [c for c in regime if c.kwargs["BLOCK_N"] <= max(n, 8)]
+        if not rows_ok and regime:  # fewer rows than every tile: the narrowest tiles
+            narrowest = min(c.kwargs["BLOCK_N"] for c in regime)
+            rows_ok = [c for c in regime if c.kwargs["BLOCK_N"] == narrowest]
+        # no chunk (small batch) or step (large batch) longer than the fan-in, if avoidable
+        short = [c for c in rows_ok if (c.kwargs["BLOCK_K"] if b <= SMALL_BATCH else c.kwargs["UNROLL"]) <= max(k, 16)]
+        return short or rows_ok or configs[:1]
 
     return prune
 
