@@ -1,12 +1,12 @@
 """Autotune spaces shared by the gather kernels (condensed forward, CSR / transposed dX).
 
-A gather kernel owns a (BLOCK_N rows x BLOCK_B batch) output tile and walks BLOCK_K
-nonzeros at a time, holding a 3-D fp32 accumulator (BLOCK_N, BLOCK_K, BLOCK_B) that is
-reduced over K once after the loop. Two regimes:
-  * batch <= 16 (memory-bound): BLOCK_B equal to the batch bucket, long K chunks, so
-    values and indices stream in full-width vectors;
-  * batch >= 32 (L1/FMA-bound): wide batch tiles and short K chunks, so each gathered
-    index and value feeds many FMAs.
+A gather kernel owns a (BLOCK_N rows x BLOCK_B batch) output tile and walks the
+nonzeros of its rows (loop bodies in ``_gather``). Two regimes:
+  * batch <= 16 (memory-bound): BLOCK_B equal to the batch bucket and chunks of BLOCK_K
+    nonzeros spread over lanes, so a warp reads a row's indices and values coalesced;
+  * batch >= 32 (L1/FMA-bound): wide batch tiles, one nonzero at a time, so each
+    gathered index and value feeds many FMAs; and 16-column tiles, whose batch slice of
+    x stays in L1 when in_features is large.
 
 Autotune keys are size *buckets* (``size_bucket(n)``, ``size_bucket(K)``, the batch
 bucket), not raw sizes, so a dynamic-sparse-training update that ablates a neuron or
@@ -80,13 +80,16 @@ def prune_gather_configs(n_arg: str, k_arg: str):
         if b <= SMALL_BATCH:
             regime = [c for c in configs[1:] if c.kwargs["BLOCK_B"] == b]  # configs[0]: the interpreter's
         else:
-            regime = [c for c in configs[1:] if WIDE_BATCH <= c.kwargs["BLOCK_B"] <= b]
+            # wide rows tiles, and the 16-column chunk tiles: their batch slice of x
+            # (in_features x 64 B in fp32) stays in L1 for larger in_features
+            regime = [c for c in configs[1:] if WIDE_BATCH <= c.kwargs["BLOCK_B"] <= b or c.kwargs["BLOCK_B"] == SMALL_BATCH]
         rows_ok = [c for c in regime if c.kwargs["BLOCK_N"] <= max(n, 8)]
         if not rows_ok and regime:  # fewer rows than every tile: the narrowest tiles
             narrowest = min(c.kwargs["BLOCK_N"] for c in regime)
             rows_ok = [c for c in regime if c.kwargs["BLOCK_N"] == narrowest]
         # no chunk (small batch) or step (large batch) longer than the fan-in, if avoidable
-        short = [c for c in rows_ok if (c.kwargs["BLOCK_K"] if b <= SMALL_BATCH else c.kwargs["UNROLL"]) <= max(k, 16)]
+        short = [c for c in rows_ok
+                 if (c.kwargs["UNROLL"] if c.kwargs["BLOCK_B"] >= WIDE_BATCH else c.kwargs["BLOCK_K"]) <= max(k, 16)]
         return short or rows_ok or configs[:1]
 
     return prune
