@@ -95,7 +95,7 @@ def test_forward_each_body(body, K, dtype, itype):
 def test_forward_main_loop_and_tail(body):
     """A fan-in of several whole steps (unmasked main loop) plus a tail."""
     bn, bk, bb, unroll, _ = TILES[body]
-    K = 2 * (unroll if bb >= _configs.WIDE_BATCH else bk * unroll) + 3
+    K = 2 * (unroll if bk == 1 else bk * unroll) + 3
     B, in_f, n = BATCH_OF[body], 300, 5
     x, values, indices = torch.randn(B, in_f), torch.randn(n, K), random_indices(n, K, in_f)
     with only_tile(cf._condensed_fwd_kernel, TILES[body]):

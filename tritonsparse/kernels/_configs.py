@@ -20,7 +20,7 @@ import functools
 import triton
 
 SMALL_BATCH = 16
-WIDE_BATCH = 32  # batch tiles this wide take the 2-D "rows" loop body (see _gather)
+WIDE_BATCH = 32  # batch tiles this wide only at batch >= 32
 H100_SMS = 132  # the SM count assumed when no CUDA device is present (interpreter)
 MIN_SPLIT_K = 256  # split the fan-in only into chunks of at least this many slots
 SPLIT_K_ROUND = 128  # ... rounded to a multiple of this
@@ -82,14 +82,14 @@ def prune_gather_configs(n_arg: str, k_arg: str):
         else:
             # wide rows tiles, and the 16-column chunk tiles: their batch slice of x
             # (in_features x 64 B in fp32) stays in L1 for larger in_features
-            regime = [c for c in configs[1:] if WIDE_BATCH <= c.kwargs["BLOCK_B"] <= b or c.kwargs["BLOCK_B"] == SMALL_BATCH]
+            regime = [c for c in configs[1:] if c.kwargs["BLOCK_B"] <= b and c.kwargs["BLOCK_B"] >= SMALL_BATCH]
         rows_ok = [c for c in regime if c.kwargs["BLOCK_N"] <= max(n, 8)]
         if not rows_ok and regime:  # fewer rows than every tile: the narrowest tiles
             narrowest = min(c.kwargs["BLOCK_N"] for c in regime)
             rows_ok = [c for c in regime if c.kwargs["BLOCK_N"] == narrowest]
         # no chunk (small batch) or step (large batch) longer than the fan-in, if avoidable
         short = [c for c in rows_ok
-                 if (c.kwargs["UNROLL"] if c.kwargs["BLOCK_B"] >= WIDE_BATCH else c.kwargs["BLOCK_K"]) <= max(k, 16)]
+                 if (c.kwargs["UNROLL"] if c.kwargs["BLOCK_K"] == 1 else c.kwargs["BLOCK_K"]) <= max(k, 16)]
         return short or rows_ok or configs[:1]
 
     return prune

@@ -97,7 +97,7 @@ def _condensed_fwd_kernel(
 
     k_lo = pid_s * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, K)
-    if BLOCK_B >= 32:  # _configs.WIDE_BATCH
+    if BLOCK_K == 1:  # the rows body (see _gather.gather_rows)
         step = UNROLL
     else:
         step = BLOCK_K * UNROLL
