@@ -118,12 +118,14 @@ def work_per_trip(summary, warps: int, tile_fmas: int | None = None) -> int:
     """Useful multiply-adds one CTA does per trip of the hot loop: ``tile_fmas`` (the
     product of the tile the loop body covers, when the caller knows it) unless the SASS
     does at least twice as many (the compiler unrolled the loop); otherwise the loop's
-    multiply lanes (FFMA, FMUL, HFMA2, HMMA, HGMMA) x warps."""
+    multiply-add lanes (FFMA, HFMA2, HMMA, HGMMA) x warps, or, in a loop without any,
+    its plain multiplies (a product summed by a reduction tree). Lanes a layout
+    replicates or a mask turns off are counted as useful: optimistic for such tiles."""
     loop = summary.loop_counts
     lanes = warps * loop.get("fma_lanes", 0)
     if tile_fmas:
         return lanes if lanes >= 2 * tile_fmas else int(tile_fmas)
-    return lanes + warps * loop.get("fmul_lanes", 0)
+    return lanes or warps * loop.get("fmul_lanes", 0)
 
 
 def kernel_time(summary, *, regs: int, shared: int, warps: int, ctas: int, useful_fmas: int,

@@ -86,15 +86,6 @@ def _gather_slice(p: Problem, cfg: dict) -> float | None:
     return None
 
 
-def _tile_fmas(p: Problem, cfg: dict, kp: int | None = None) -> int | None:
-    """Useful multiply-adds per CTA per trip of the gather kernels' loops: the product of
-    the (rows, fan-in, batch) tile; None where the SASS lanes say it (topk's MMA tiles)."""
-    if p.role == "topk":
-        return None
-    dims = [v for k, v in cfg.items() if k.startswith("BLOCK_")]
-    return math.prod(dims) if len(dims) == 3 else None
-
-
 def analyze(p: Problem, arch: int = 90, gpu: M.GPU = M.H100_SXM, fp_fusion=None, configs=None,
             max_configs: int | None = None) -> list[ConfigResult]:
     """Compile, count and model every pruned config of every launch the library makes for ``p``.
@@ -132,8 +123,7 @@ def analyze(p: Problem, arch: int = 90, gpu: M.GPU = M.H100_SXM, fp_fusion=None,
             g = launch.grid_for(cfg)
             t = M.kernel_time(summ, regs=usage["regs"], shared=max(usage["shared"], compiled.metadata.shared),
                               warps=cfg.num_warps, ctas=g[0] * g[1] * g[2], useful_fmas=int(p.useful_fmas * share),
-                              hbm_bytes=hbm * share, gather_slice_bytes=_gather_slice(p, cfg.kwargs),
-                              tile_fmas=_tile_fmas(p, cfg.kwargs), gpu=gpu)
+                              hbm_bytes=hbm * share, gather_slice_bytes=_gather_slice(p, cfg.kwargs), gpu=gpu)
             out.append(ConfigResult(p, li, launch.name, dict(cfg.kwargs), cfg.num_warps, cfg.num_stages, arch, usage,
                                     summ.loop_counts or {}, t, len(summ.loops)))
     return out
