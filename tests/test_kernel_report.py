@@ -184,7 +184,7 @@ def test_readme_tables_from_a_csv(tmp_path):
         rows.append({**base, "problem": f"{role} 768->3072", "role": role, "in": "768", "out": "3072", "K": "77",
                      "batch": "256", "dtype": "fp32", "index_dtype": "int32", "kernel": "_k", "config": "64,2,32",
                      "warps": "4", "chosen": "1", "regs": "90", "occupancy": "5", "ffma": "32", "instr_per_fma": "3.2",
-                     "modeled_us": t, "bound": "issue", "modeled_dense_us": dense, "dense_kind": "fp32",
+                     "modeled_us": t, "modeled_op_us": t, "torch_ops": "", "torch_ops_us": "0", "bound": "issue", "modeled_dense_us": dense, "dense_kind": "fp32",
                      "modeled_dense_tf32_us": "6", "lower_bound_us": "7", "lower_bound_kind": "gather floor"})
     rows.append({**rows[0], "chosen": "0", "modeled_us": "99"})
     path = tmp_path / "r.csv"

@@ -241,13 +241,56 @@ class Launch:
         return specialize(self.kernel, self.full_args(config), arch=arch, fp_fusion=fp_fusion, **extra)
 
 
-_RUN_KW = ("grid", "warmup")
+@dataclass
+class TorchOp:
+    """One PyTorch operator the launcher ran besides the kernels (a transpose, a pad, a sum
+    of partials): its name and the bytes of its tensor inputs and outputs."""
+
+    name: str
+    bytes_in: int
+    bytes_out: int
+
+
+# operators that move no data: views, allocations, metadata
+_FREE_OPS = {
+    "empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided", "view", "_unsafe_view", "t",
+    "transpose", "permute", "as_strided", "expand", "slice", "select", "unsqueeze", "squeeze", "detach", "alias",
+    "reshape", "_reshape_alias", "unbind", "split", "narrow", "diagonal", "lift_fresh", "view_as", "numel",
+    "size", "stride", "is_same_size", "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "contiguous",
+    "_to_copy_noop", "resolve_conj", "resolve_neg", "_has_compatible_shallow_copy_type", "set_",
+}
+
+
+def _tensor_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(o) for o in obj)
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(o) for o in obj.values())
+    return 0
+
+
+def _op_recorder(ops: list):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.overloadpacket.__name__.rstrip("_")
+            if name not in _FREE_OPS:
+                ops.append(TorchOp(name, _tensor_bytes(args) + _tensor_bytes(kwargs or {}), _tensor_bytes(out)))
+            return out
+
+    return _Record()
 
 
 @contextlib.contextmanager
-def intercept_launches():
+def intercept_launches(torch_ops: list | None = None):
     """Within the context, every Triton launch is recorded (a list of :class:`Launch` is
-    yielded) instead of run; launchers' backend checks answer ``"triton"`` for CPU tensors."""
+    yielded) instead of run; launchers' backend checks answer ``"triton"`` for CPU tensors.
+    With a list ``torch_ops``, the PyTorch operators that move data are appended to it
+    (:class:`TorchOp`)."""
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
 
@@ -281,10 +324,12 @@ def intercept_launches():
             patches.append((mod, "backend_for", lambda device: "triton"))
     patches.append((tt, "backend_for", lambda device: "triton"))
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    mode = _op_recorder(torch_ops) if torch_ops is not None else contextlib.nullcontext()
     try:
         for obj, name, new in patches:
             setattr(obj, name, new)
-        yield launches
+        with mode:
+            yield launches
     finally:
         for obj, name, old in saved:
             setattr(obj, name, old)

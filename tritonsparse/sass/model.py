@@ -13,7 +13,8 @@ Kernel time (one launch) is the largest of these terms, plus a fixed launch floo
 * **L1/LSU**: memory wavefronts (a warp load of w bytes takes max(1, w/128) cycles of the
   SM's 128 B/clk L1), shuffles and shared accesses included;
 * **latency**: loop trips x (memory latency + one warp's instructions per trip) per wave
-  of resident CTAs: a loop whose loads are not pipelined waits once per trip;
+  of resident CTAs: a loop whose loads are not pipelined waits once per trip for its
+  index -> gather chain (the term that rules when there are few CTAs per SM);
 * **L2**: global-load bytes that miss L1 / L2 bandwidth (the L1 hit rate of a gathered
   operand is the fraction of its slice that fits in L1);
 * **HBM**: compulsory bytes / HBM bandwidth.
@@ -53,7 +54,9 @@ class GPU:
     rate_shfl: float = 1.0
     tensor_fma_per_clk: dict = field(default_factory=lambda: {"tf32": 512, "bf16": 1024, "fp16": 1024})
     hgmma_speedup: float = 2.0  # warpgroup MMA over warp-level HMMA
-    mem_latency_cycles: float = 500.0  # a gather that misses L1 (between L2 ~270 and HBM ~550)
+    # one trip's dependent memory chain: an index from the L1-resident stream (~35 cycles),
+    # then the gather it addresses, an L2 hit (~270 cycles)
+    mem_latency_cycles: float = 300.0
     launch_floor_s: float = 2e-6
     # dense cuBLAS at achieved rates (FLOP/s) for the "modeled dense" column
     dense_flops: dict = field(default_factory=lambda: {"fp32": 50e12, "tf32": 400e12, "bf16": 700e12,
@@ -215,6 +218,13 @@ def lower_bound(fmas: int, hbm_bytes: float, gather_bytes_per_fma: float, fma_fl
     }
     which = max(terms, key=terms.get)
     return terms[which], which
+
+
+def torch_op_time(bytes_moved: float, gpu: GPU = H100_SXM) -> float:
+    """Modeled time of a PyTorch operator the launcher runs besides the kernels (a
+    transpose, a pad, a sum of partials): memory-bound, its bytes at HBM speed, plus the
+    launch floor."""
+    return bytes_moved / (gpu.hbm_bw * gpu.hbm_efficiency) + gpu.launch_floor_s
 
 
 def with_constants(gpu: GPU, **changes) -> GPU:

@@ -90,8 +90,10 @@ def _pattern(n, fan_in, K, index_dtype, gen):
     return idx.to(_INDEX[index_dtype])
 
 
-def _call(p: Problem):
-    """The closure that runs the library entry point for ``p`` on CPU tensors."""
+def _calls(p: Problem):
+    """``(prepare, forward, backward)`` closures that run the library entry point for ``p``
+    on CPU tensors: ``prepare()`` makes the leaves (outside the capture), ``forward(state)``
+    returns what ``backward(state)`` needs; ``backward`` is None for the forward roles."""
     import tritonsparse
 
     gen = torch.Generator().manual_seed(0)
@@ -101,68 +103,86 @@ def _call(p: Problem):
         vals = torch.randn(p.out_features, p.K, generator=gen).to(dt)
         x = torch.randn(p.batch, p.in_features, generator=gen).to(dt)
 
-        def call():
+        def prepare():
             xx = x.clone().requires_grad_(p.role == "dx")
             vv = vals.clone().requires_grad_(p.role == "dw")
-            if p.role == "fwd":
-                with torch.no_grad():
-                    tritonsparse.condensed_matmul(xx, vv, idx)
-                return
-            y = tritonsparse.condensed_matmul(xx, vv, idx)
-            y.backward(torch.ones_like(y))
+            return xx, vv, torch.ones(p.batch, p.out_features, dtype=dt)
 
-        return call, p.role == "fwd"
+        def forward(state):
+            xx, vv, g = state
+            with torch.set_grad_enabled(p.role != "fwd"):
+                return tritonsparse.condensed_matmul(xx, vv, idx), g
+
+        def backward(state):
+            y, g = state
+            y.backward(g)
+
+        return prepare, forward, (backward if p.role != "fwd" else None)
     if p.role == "topk":
-        from .. import formats  # noqa: F401  (keeps the import graph of the public path)
         from ..kernels import gradient_topk as gk
 
         x = torch.randn(p.batch, p.in_features, generator=gen).to(dt)
         go = torch.randn(p.batch, p.out_features, generator=gen).to(dt)
         ex = _pattern(p.out_features, p.in_features, p.Kx, "int32", gen) if p.Kx else None
 
-        def call():
+        def forward(state):
             # the launcher, not the public op: on CPU tensors the public op switches to the
             # interpreter's precision; on a GPU it passes "tf32" for fp32
             scores = torch.empty(p.out_features, p.K, dtype=torch.float32)
             indices = torch.empty(p.out_features, p.K, dtype=torch.int64)
             gk.gradient_topk(x, go, p.K, ex, scores, indices, precision="tf32" if p.dtype == "fp32" else "ieee")
 
-        return call, True
+        return (lambda: None), forward, None
     from ..conv_ops import condensed_conv2d
 
     idx = _pattern(p.out_features, p.in_features * 9, p.K, p.index_dtype, gen)
     vals = torch.randn(p.out_features, p.K, generator=gen).to(dt)
     x = torch.randn(p.batch, p.in_features, p.hw, p.hw, generator=gen).to(dt)
 
-    def call():
+    def prepare():
         vv = vals.clone().requires_grad_(p.role == "conv_dw")
-        if p.role == "conv_fwd":
-            with torch.no_grad():
-                condensed_conv2d(x, vv, idx, None, (3, 3), (1, 1), (1, 1), (1, 1))
-            return
-        y = condensed_conv2d(x, vv, idx, None, (3, 3), (1, 1), (1, 1), (1, 1))
-        y.backward(torch.ones_like(y))
+        return vv, torch.ones(p.batch, p.out_features, p.hw, p.hw, dtype=dt)
 
-    return call, p.role == "conv_fwd"
+    def forward(state):
+        vv, g = state
+        with torch.set_grad_enabled(p.role != "conv_fwd"):
+            return condensed_conv2d(x, vv, idx, None, (3, 3), (1, 1), (1, 1), (1, 1)), g
+
+    def backward(state):
+        y, g = state
+        y.backward(g)
+
+    return prepare, forward, (backward if p.role != "conv_fwd" else None)
 
 
-def launches(p: Problem):
-    """The Triton launches the library makes for ``p`` (forward launches excluded from the
-    backward roles: they are the ``fwd`` problem)."""
-    from .compile import capture_launches, intercept_launches
+def capture(p: Problem):
+    """``(launches, torch_ops)``: the Triton launches (:class:`~tritonsparse.sass.compile.Launch`)
+    and the data-moving PyTorch operators (:class:`~tritonsparse.sass.compile.TorchOp`) the
+    library runs for ``p``, in order (for the backward roles, those of the backward only),
+    in the steady state: a first call, not recorded, fills the caches of the index pattern
+    (e.g. the transposed structure dX uses), as in training between mask updates."""
+    from .compile import intercept_launches
 
     if not isinstance(p, Problem):
         raise TypeError(f"p must be a Problem, got {type(p).__name__}")
-    call, whole = _call(p)
-    if whole:
-        return capture_launches(call)
-    # backward roles: drop the forward's launches (the same call made without grad)
-    with intercept_launches() as got:
-        call()
-        all_launches = list(got)
-    fwd_role = "conv_fwd" if p.role.startswith("conv") else "fwd"
-    n_fwd = len(launches(p.with_(role=fwd_role)))
-    return all_launches[n_fwd:]
+    prepare, forward, backward = _calls(p)
+    for warm in (True, False):  # the first call fills the per-pattern caches; steady state is the second
+        leaves = prepare()
+        ops: list = []
+        with intercept_launches(ops) as got:
+            state = forward(leaves)
+            n_launch, n_ops = len(got), len(ops)
+            if backward is not None:
+                backward(state)
+        if not warm:
+            if backward is None:
+                return list(got), list(ops)
+            return list(got[n_launch:]), list(ops[n_ops:])
+
+
+def launches(p: Problem):
+    """The Triton launches the library makes for ``p`` (see :func:`capture`)."""
+    return capture(p)[0]
 
 
 # The ViT-B MLP layers at 90% sparsity (SRigL's constant fan-in) and the Llama-3-8B MLP

@@ -27,7 +27,7 @@ COLUMNS = [
     "loop_instr", "ffma", "hfma2", "hmma", "hgmma", "fp32_other", "int", "uniform", "cvt", "ldg128", "ldg64",
     "ldg32", "ldg16", "lds", "sts", "shfl", "bar", "spill", "instr_per_fma", "modeled_us", "bound",
     "modeled_dense_us", "dense_kind", "modeled_dense_tf32_us", "lower_bound_us", "lower_bound_kind",
-    "useful_fmas", "hbm_bytes",
+    "useful_fmas", "hbm_bytes", "torch_ops", "torch_ops_us", "modeled_op_us",
 ]
 
 
@@ -138,10 +138,21 @@ def best_per_launch(results: list[ConfigResult]) -> list[ConfigResult]:
     return [best[i] for i in sorted(best)]
 
 
-def op_summary(p: Problem, results: list[ConfigResult], gpu: M.GPU = M.H100_SXM) -> dict:
-    """Modeled op time (sum of each launch's best config), dense times and the lower bound."""
+def torch_ops(p: Problem) -> list:
+    """The data-moving PyTorch operators the library runs for ``p`` besides its kernels."""
+    from .problems import capture
+
+    return capture(p)[1]
+
+
+def op_summary(p: Problem, results: list[ConfigResult], gpu: M.GPU = M.H100_SXM, ops=None) -> dict:
+    """Modeled op time (each launch's best config, plus the PyTorch operators around the
+    kernels, each memory-bound with its own launch floor), dense times and the lower bound."""
     best = best_per_launch(results)
-    t = sum(r.time.total for r in best)
+    ops = torch_ops(p) if ops is None else ops
+    t_ops = sum(M.torch_op_time(o.bytes_in + o.bytes_out, gpu) for o in ops)
+    t_kernels = sum(r.time.total for r in best)
+    t = t_kernels + t_ops
     hbm, dense_bytes = _bytes(p)
     dense_kind = "tf32" if p.role == "topk" else ("fp32" if p.dtype == "fp32" else p.dtype)
     dense = M.dense_time(p.dense_fmas, dense_kind, dense_bytes, gpu)
@@ -151,7 +162,8 @@ def op_summary(p: Problem, results: list[ConfigResult], gpu: M.GPU = M.H100_SXM)
     if p.role == "topk":
         fma_flops = gpu.dense_flops["tf32"]
     lb, lb_kind = M.lower_bound(p.useful_fmas, hbm, gather, fma_flops, gpu)
-    return {"modeled": t, "dense": dense, "dense_kind": dense_kind, "dense_tf32": dense_tf32, "lower_bound": lb,
+    return {"modeled": t, "kernels": t_kernels, "torch_ops": t_ops, "torch_op_names": [o.name for o in ops],
+            "dense": dense, "dense_kind": dense_kind, "dense_tf32": dense_tf32, "lower_bound": lb,
             "lower_bound_kind": lb_kind, "best": best, "hbm_bytes": hbm}
 
 
@@ -181,6 +193,8 @@ def rows(p: Problem, results: list[ConfigResult], gpu: M.GPU = M.H100_SXM) -> li
             "modeled_dense_tf32_us": round(s["dense_tf32"] * 1e6, 2),
             "lower_bound_us": round(s["lower_bound"] * 1e6, 2), "lower_bound_kind": s["lower_bound_kind"],
             "useful_fmas": p.useful_fmas, "hbm_bytes": int(s["hbm_bytes"]),
+            "torch_ops": " ".join(s["torch_op_names"]), "torch_ops_us": round(s["torch_ops"] * 1e6, 2),
+            "modeled_op_us": round(s["modeled"] * 1e6, 2),
         })
     return out
 
@@ -258,10 +272,11 @@ def _f(x):
 def kernel_table(rows_) -> str:
     """Markdown: per problem, the modeled-best config's hot loop and modeled times."""
     head = ("| problem | kernel, tile (warps) | regs / occ. | hot loop per iteration | warp instr / FMA | "
-            "modeled kernel | bound | modeled dense | lower bound |\n|---|---|---|---|---|---|---|---|---|")
+            "modeled kernel | bound | + torch ops | modeled op | modeled dense | lower bound |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for label, rs in _ops(rows_).items():
-        for r in rs:
+        for i, r in enumerate(rs):
             loop = ", ".join(f"{r[k]} {n}" for k, n in (
                 ("ffma", "FFMA"), ("hfma2", "HFMA2"), ("hmma", "HMMA"), ("hgmma", "HGMMA"),
                 ("fp32_other", "other FP32"), ("int", "int"), ("ldg128", "LDG.128"), ("ldg64", "LDG.64"),
@@ -271,15 +286,22 @@ def kernel_table(rows_) -> str:
             dense = f"{_f(r['modeled_dense_us']):.1f} µs {r['dense_kind']}"
             if r["dtype"] == "fp32" and r["role"] != "topk":
                 dense += f" ({_f(r['modeled_dense_tf32_us']):.1f} TF32)"
+            if i == 0:
+                ops = r["torch_ops"] or "none"
+                extra = f"{_f(r['torch_ops_us']):.1f} µs ({ops})" if r["torch_ops"] else "none"
+                op = f"{_op_time(rs):.1f} µs"
+                lb = f"{_f(r['lower_bound_us']):.1f} µs ({r['lower_bound_kind']})"
+            else:
+                label, extra, op, dense, lb = "″", "", "", "", ""
             lines.append(
                 f"| {label} | {r['kernel'].strip('_')} {r['config']} (w{r['warps']}) | {r['regs']} / {r['occupancy']} | "
-                f"{loop} | {ipf} | {_f(r['modeled_us']):.1f} µs | {r['bound']} | {dense} | "
-                f"{_f(r['lower_bound_us']):.1f} µs ({r['lower_bound_kind']}) |")
+                f"{loop} | {ipf} | {_f(r['modeled_us']):.1f} µs | {r['bound']} | {extra} | {op} | {dense} | {lb} |")
     return "\n".join(lines)
 
 
 def _op_time(rs):
-    return sum(_f(r["modeled_us"]) for r in rs)
+    """Modeled op time (µs): the chosen kernels plus the PyTorch operators around them."""
+    return _f(rs[0]["modeled_op_us"])
 
 
 def targets_table(rows_) -> str:
