@@ -1,12 +1,12 @@
 """Autotune spaces shared by the gather kernels (condensed forward, CSR / transposed dX).
 
-A gather kernel owns a (BLOCK_N rows x BLOCK_B batch) output tile and walks BLOCK_K
-nonzeros at a time, holding a 3-D fp32 accumulator (BLOCK_N, BLOCK_K, BLOCK_B) that is
-reduced over K once after the loop. Two regimes:
-  * batch <= 16 (memory-bound): BLOCK_B equal to the batch bucket, long K chunks, so
-    values and indices stream in full-width vectors;
-  * batch >= 32 (L1/FMA-bound): wide batch tiles and short K chunks, so each gathered
-    index and value feeds many FMAs.
+A gather kernel owns a (BLOCK_N rows x BLOCK_B batch) output tile and walks the
+nonzeros of its rows (loop bodies in ``_gather``). Two regimes:
+  * batch <= 16 (memory-bound): BLOCK_B equal to the batch bucket and chunks of BLOCK_K
+    nonzeros spread over lanes, so a warp reads a row's indices and values coalesced;
+  * batch >= 32 (L1/FMA-bound): wide batch tiles, one nonzero at a time, so each
+    gathered index and value feeds many FMAs; and 16-column tiles, whose batch slice of
+    x stays in L1 when in_features is large.
 
 Autotune keys are size *buckets* (``size_bucket(n)``, ``size_bucket(K)``, the batch
 bucket), not raw sizes, so a dynamic-sparse-training update that ablates a neuron or
@@ -20,7 +20,7 @@ import functools
 import triton
 
 SMALL_BATCH = 16
-WIDE_BATCH = 32  # batch tiles this wide take the 2-D "rows" loop body (see _gather)
+WIDE_BATCH = 32  # batch tiles this wide only at batch >= 32
 H100_SMS = 132  # the SM count assumed when no CUDA device is present (interpreter)
 MIN_SPLIT_K = 256  # split the fan-in only into chunks of at least this many slots
 SPLIT_K_ROUND = 128  # ... rounded to a multiple of this
@@ -33,15 +33,15 @@ SPLIT_K_ROUND = 128  # ... rounded to a multiple of this
 _SMALL_BATCH_TILES = [
     # batch 1 (2-D chunk body: no size constraint, see _gather.chunk_step)
     (8, 128, 1, 2, 4), (16, 64, 1, 2, 4), (4, 128, 1, 2, 2), (32, 32, 1, 2, 4), (8, 32, 1, 4, 2),
-    (4, 16, 2, 4, 4), (2, 32, 2, 4, 4),
-    (4, 16, 4, 4, 4), (2, 32, 4, 4, 4), (2, 16, 4, 4, 2),
-    (4, 16, 8, 4, 4), (8, 8, 8, 4, 4), (2, 16, 8, 4, 2),
-    (4, 16, 16, 4, 4), (8, 8, 16, 4, 4), (2, 16, 16, 4, 2), (2, 32, 16, 2, 4),
+    (4, 16, 2, 4, 4), (2, 32, 2, 4, 4), (1, 32, 2, 8, 2),
+    (4, 16, 4, 4, 4), (2, 32, 4, 4, 4), (2, 16, 4, 4, 2), (1, 32, 4, 8, 2),
+    (4, 16, 8, 4, 4), (8, 8, 8, 4, 4), (2, 16, 8, 4, 2), (1, 32, 8, 8, 2),
+    (4, 16, 16, 4, 4), (8, 8, 16, 4, 4), (2, 16, 16, 4, 2), (2, 32, 16, 4, 4), (1, 32, 16, 8, 2),
 ]
-# Large batch (2-D rows body; BLOCK_K unused): UNROLL slots per step, a thread holds two
+# Large batch (2-D rows body, selected by BLOCK_K == 1): UNROLL slots per step, a thread holds two
 # 128-bit vectors of each of its rows.
 _LARGE_BATCH_TILES = [
-    (32, 1, 32, 4, 4), (64, 1, 32, 4, 4), (32, 1, 32, 4, 2),
+    (64, 1, 32, 4, 4), (32, 1, 32, 4, 2),
     (32, 1, 64, 4, 4), (64, 1, 64, 2, 4), (16, 1, 64, 4, 2),
     (16, 1, 128, 4, 4), (32, 1, 128, 2, 4),
     (16, 1, 256, 2, 4), (8, 1, 256, 4, 4),
@@ -77,16 +77,20 @@ def prune_gather_configs(n_arg: str, k_arg: str):
         b = int(named_args["b_bucket"])
         n = max(int(named_args[n_arg]), 1)
         k = max(int(named_args[k_arg]), 1)
-        kept = []
-        for c in configs[1:]:
-            bn, bk, bb, unroll, _ = tile_of(c)
-            if b <= SMALL_BATCH:
-                fits = bb == b and bk <= max(k, 16)
-            else:
-                fits = WIDE_BATCH <= bb <= max(b, WIDE_BATCH) and unroll <= k
-            if fits and bn <= max(n, 8):
-                kept.append(c)
-        return kept or configs[:1]
+        if b <= SMALL_BATCH:
+            regime = [c for c in configs[1:] if c.kwargs["BLOCK_B"] == b]  # configs[0]: the interpreter's
+        else:
+            # wide rows tiles, and the 16-column chunk tiles: their batch slice of x
+            # (in_features x 64 B in fp32) stays in L1 for larger in_features
+            regime = [c for c in configs[1:] if c.kwargs["BLOCK_B"] <= b and c.kwargs["BLOCK_B"] >= SMALL_BATCH]
+        rows_ok = [c for c in regime if c.kwargs["BLOCK_N"] <= max(n, 8)]
+        if not rows_ok and regime:  # fewer rows than every tile: the narrowest tiles
+            narrowest = min(c.kwargs["BLOCK_N"] for c in regime)
+            rows_ok = [c for c in regime if c.kwargs["BLOCK_N"] == narrowest]
+        # no chunk (small batch) or step (large batch) longer than the fan-in, if avoidable
+        short = [c for c in rows_ok
+                 if (c.kwargs["UNROLL"] if c.kwargs["BLOCK_K"] == 1 else c.kwargs["BLOCK_K"]) <= max(k, 16)]
+        return short or rows_ok or configs[:1]
 
     return prune
 

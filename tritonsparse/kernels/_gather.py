@@ -118,14 +118,14 @@ def gather_rows(i_ptrs, v_ptrs, xT_ptr, col0, B, in_features, stride_xt_i, k_lo,
 
     Nonzeros k_lo .. kmax[r] of each row r (kmax: (BLOCK_N,)); the main loop covers
     [k_lo, k_lo + k_full) in whole steps (masked only if ``MASK_MAIN``: rows of unequal
-    length), the tail after it is masked. Batch tiles of 32 or more columns
-    (``_configs.WIDE_BATCH``) take :func:`rows_step`,
+    length), the tail after it is masked. Tiles with BLOCK_K == 1 take :func:`rows_step`
+    (BLOCK_B >= 2 columns, in two halves),
     otherwise :func:`chunk_step`. Returns the
     (BLOCK_N, BLOCK_B) fp32 sums."""
     cols = col0 + tl.arange(0, BLOCK_B)
     x_cols = xT_ptr + cols
     lim = tl.where(cols < B, in_features, 0).to(tl.uint32)
-    if BLOCK_B >= 32:
+    if BLOCK_K == 1:
         HALF: tl.constexpr = BLOCK_B // 2
         cols_a = col0 + tl.arange(0, HALF)
         xa_cols = xT_ptr + cols_a

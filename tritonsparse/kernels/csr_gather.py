@@ -71,7 +71,7 @@ def _csr_gather_kernel(
     # nonzero offsets in the index dtype: int32 arrays when nnz < 2**31, int64 beyond
     start = tl.load(starts_ptr + rows)
     length = (tl.load(ends_ptr + rows) - start).to(tl.int32)
-    if BLOCK_B >= 32:  # _configs.WIDE_BATCH
+    if BLOCK_K == 1:  # the rows body (see _gather.gather_rows)
         step = UNROLL
     else:
         step = BLOCK_K * UNROLL
