@@ -54,7 +54,7 @@ from .._triton import autotune, batch_bucket, launch_device, next_power_of_2, si
 # the interpreter runs.
 _FWD_TILES = [
     (2, 2, 256, 2),
-    (2, 2, 1024, 4), (1, 4, 1024, 4), (2, 4, 512, 4), (4, 2, 512, 4),
+    (2, 2, 1024, 4), (1, 4, 1024, 4), (2, 4, 512, 4),
     (2, 2, 512, 2), (2, 4, 256, 2), (4, 4, 128, 2),
     (4, 4, 64, 1), (8, 2, 64, 1),
 ]
