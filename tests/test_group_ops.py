@@ -222,3 +222,39 @@ def test_condensed_weight_group_errors():
         CondensedWeight(torch.randn(5, 3), torch.zeros(2, 3, dtype=torch.int32), shape=(5, 10))
     with pytest.raises(ValueError, match="must match"):
         CondensedWeight(torch.randn(4, 3), torch.zeros(4, 2, dtype=torch.int32), shape=(4, 10))
+
+
+# -- the layer ---------------------------------------------------------------------------------
+def test_condensed_linear_groups(monkeypatch):
+    monkeypatch.setenv("TRITONSPARSE_BACKEND", "torch")
+    from tritonsparse.nn import CondensedLinear
+
+    layer = CondensedLinear(20, 12, 5, group_size=4)
+    assert layer.weight_indices.shape == (3, 5) and layer.weight_values.shape == (12, 5)
+    assert layer.weight_values.stride(0) == 16 and layer.capacity == 12 * 16
+    dense = layer.to_dense_weight()
+    assert ((dense != 0).sum(1) == 5).all()
+    assert torch.equal(dense[0] != 0, dense[3] != 0)  # one group, one column set
+    x = torch.randn(7, 20, requires_grad=True)
+    y = layer(x)
+    torch.testing.assert_close(y, x @ dense.t() + layer.bias, rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    assert layer.values.grad.view(12, 16)[:, 5:].abs().sum() == 0  # the pads get no gradient
+    # state dict round trip into a fresh layer of the same group size
+    other = CondensedLinear(20, 12, 5, group_size=4)
+    other.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(other(x), y)
+    # per-row indices with the group structure are accepted; others are not
+    rows = expand_group_indices(layer.weight_indices, 4)
+    layer.set_pattern(layer.weight_values.detach().clone(), rows)
+    torch.testing.assert_close(layer.to_dense_weight(), dense)
+    bad = rows.clone()
+    bad[1] = (bad[1] + 1) % 20
+    with pytest.raises(ValueError, match="group_size=4"):
+        layer.set_pattern(layer.weight_values.detach().clone(), bad)
+    with pytest.raises(ValueError, match="does not divide out_features"):
+        CondensedLinear(20, 10, 5, group_size=4)
+    assert "group_size=4" in repr(layer)
+    from_cw = CondensedLinear.from_condensed(layer.condensed_weight())
+    assert from_cw.group_size == 4
+    torch.testing.assert_close(from_cw.to_dense_weight(), dense)
