@@ -8,6 +8,7 @@ from ..nn.condensed_linear import CondensedLinear
 from .masked import _Masked
 from .schedule import UpdateSchedule
 from .sparsify import METHODS, _check_method, _matches, sparse_layers
+from .groups import group_gradient_candidates, group_update
 from .updates import condensed_update, gradient_candidates, masked_update, random_candidates
 
 
@@ -150,17 +151,19 @@ class DynamicSparsity:
                     continue  # the layer took no part in this step's training forward
                 self.last_update[name] = masked_update(m, self.optimizer, drop_frac, grad, self.generator)
                 continue
+            groups = getattr(m, "group_size", 1)  # > 1: update over group columns (dst/groups.py)
             if self.method == "set":
-                cands = random_candidates(m.out_features, m.in_features, m.values.device, self.generator)
+                cands = random_candidates(m.out_features // groups, m.in_features, m.values.device, self.generator)
                 gamma = None
             else:
                 x, g = cap.tensors() if cap is not None else (None, None)
                 if x is None:
                     continue
-                cands = gradient_candidates(x, g)
+                cands = gradient_candidates(x, g) if groups == 1 else group_gradient_candidates(x, g, groups)
                 ablate = self.gamma_sal > 0 and not _matches(name, self.no_ablation)
                 gamma = self.gamma_sal if ablate else None
-            self.last_update[name] = condensed_update(m, self.optimizer, drop_frac, cands, gamma)
+            update = condensed_update if groups == 1 else group_update
+            self.last_update[name] = update(m, self.optimizer, drop_frac, cands, gamma)
 
     # -- reporting and checkpoints ---------------------------------------------------------
     def layer_stats(self) -> dict:

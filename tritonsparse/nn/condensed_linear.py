@@ -27,7 +27,10 @@ class CondensedLinear(nn.Module):
         bias: learn an additive bias.
         index_dtype: int16 or int32 (default: the smallest that fits in_features).
         capacity: size of the flat storage (default out_features * fan_in; with
-            group_size > 1, out_features * fan_in rounded up to a multiple of 16).
+            group_size > 1, room for any fan-in within ``nnz_budget`` with every row
+            padded to a multiple of 16 slots).
+        nnz_budget: group_size > 1 only: the nonzero budget kept by dynamic sparse
+            training (default out_features * fan_in).
         group_size: G, consecutive active rows that share one index row (default 1:
             a pattern per row). G > 1 runs the tensor-core kernels of
             :mod:`tritonsparse.group_ops`; the storage then pads each row of values and
@@ -45,7 +48,7 @@ class CondensedLinear(nn.Module):
     capture_hook = None
 
     def __init__(self, in_features, out_features, fan_in, bias=True, device=None, dtype=None,
-                 index_dtype=None, capacity=None, group_size=1):
+                 index_dtype=None, capacity=None, group_size=1, nnz_budget=None):
         super().__init__()
         if not 1 <= fan_in <= in_features:
             raise ValueError(f"fan_in must be in [1, in_features={in_features}], got {fan_in}")
@@ -56,6 +59,9 @@ class CondensedLinear(nn.Module):
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.group_size = int(group_size)
         need = self.out_features * self._row_stride(int(fan_in))
+        if self.group_size > 1:  # room for any fan-in that keeps the budget, with each row padded
+            budget = int(nnz_budget) if nnz_budget is not None else self.out_features * int(fan_in)
+            need = max(need, budget + (FAN_IN_ALIGN - 1) * self.out_features)
         capacity = int(capacity) if capacity is not None else need
         if capacity < need:
             raise ValueError(f"capacity={capacity} is below the {need} slots of out_features * fan_in"
@@ -65,6 +71,8 @@ class CondensedLinear(nn.Module):
         self.register_buffer("indices", torch.zeros(capacity, device=device, dtype=index_dtype))
         self.register_buffer("active_mask", torch.ones(self.out_features, device=device, dtype=torch.bool))
         self.register_buffer("fan_in_buffer", torch.tensor(int(fan_in), device=device))
+        if self.group_size > 1:  # the nonzero budget DST keeps (capacity also holds the row padding)
+            self.register_buffer("nnz_budget_buffer", torch.tensor(budget, device=device))
         self.bias = nn.Parameter(torch.zeros(self.out_features, device=device, dtype=self.values.dtype)) if bias else None
         self._refresh(int(fan_in), torch.arange(self.out_features, device=self.active_mask.device))
         self.reset_parameters()
@@ -127,6 +135,12 @@ class CondensedLinear(nn.Module):
     @property
     def capacity(self) -> int:
         return self.values.numel()
+
+    @property
+    def nnz_budget(self) -> int:
+        """The nonzero budget dynamic sparse training keeps: the capacity, or for
+        group_size > 1 the budget given at construction (the capacity adds row padding)."""
+        return int(self.nnz_budget_buffer) if self.group_size > 1 else self.capacity
 
     @property
     def weight_values(self) -> torch.Tensor:
