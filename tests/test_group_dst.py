@@ -106,3 +106,24 @@ def test_sparsify_group_size_errors():
         sparsify(nn.Sequential(nn.Linear(8, 8)), method="rigl", group_size=4)
     with pytest.raises(ValueError, match="group_size must be"):
         sparsify(nn.Sequential(nn.Linear(8, 8)), group_size=0)
+
+
+def test_trainer_group_size_and_sparse_wide(tmp_path):
+    """--group-size reaches sparsify through sparse_ift (Sparse Wide included); the run keeps
+    whole groups and the nonzero budget."""
+    from tritonsparse.ift import sparse_ift
+    from tritonsparse.train import TrainConfig, train
+    from tritonsparse.train.cli import main
+
+    cfg = dict(model="mlp", dataset="synthetic", hidden=(32, 32), epochs=1, max_steps=4, batch_size=32, delta_t=2,
+               sparsity=0.75, device="cpu", plots=False, progress=False, method="srigl", gamma_sal=0.9)
+    for kind in ("none", "wide"):
+        res = train(TrainConfig(**cfg, ift=kind, group_size=8, out=str(tmp_path / kind)))
+        layers = res.final["layers"]
+        assert layers and all(s["active_neurons"] % 8 == 0 for s in layers.values())
+    ift = sparse_ift(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), "none", 0.5, dense_modules=("2",),
+                     group_size=4)
+    assert ift.group_size == 4
+    with pytest.raises(ValueError, match="does not divide out_features=4"):
+        sparse_ift(nn.Sequential(nn.Linear(8, 4)), "none", 0.5, dense_modules=(), group_size=8)
+    assert main(["--group-size", "4", "--method", "rigl", "--out", str(tmp_path / "x")]) == 2  # one-line error
