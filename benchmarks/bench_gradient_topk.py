@@ -13,7 +13,7 @@ Grid: out x in = 4096 x 4096 and 100000 x 768, batch 256, 1024, 4096, fp32 and b
 k = 10% of in, and ``exclude`` = the active positions of a 90%-sparse layer (a random
 (out, 10% of in) index array, distinct per row).
 
-fp32 runs at ``--precision`` (default tf32) in both methods: the kernel's ``precision``
+fp32 runs at ``--precision`` (default tf32) in both methods: the kernel's ``tf32``
 argument and torch's ``set_float32_matmul_precision`` ("high" for tf32, "highest" for ieee).
 
 Timing and metadata come from ``benchmarks/sweep.py``: on a GPU ``triton.testing.do_bench``
@@ -98,7 +98,7 @@ def measure(method, x, gy, k, ex64, ex_idx, ref_scores, min_time, precision):
     if method == "fused_triton":
         if not cuda:
             return {"status": "skipped: no GPU (the Triton interpreter is not timed)"}
-        fn, backend = (lambda: tritonsparse.gradient_topk(x, gy, k, ex_idx, precision=precision)), "triton"
+        fn, backend = (lambda: tritonsparse.gradient_topk(x, gy, k, ex_idx, tf32=precision == "tf32")), "triton"
     else:
         fn, backend = (lambda: dense_topk(x, gy, k, ex64)), None
     try:

@@ -201,3 +201,93 @@ def test_gpu_kernels_match_conv2d(geometry, dtype):
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 def test_gpu_autograd_matches_conv2d(dtype):
     _check_autograd(GEOMETRIES["k3_s1_p1"], dtype, "cuda", batch=8, c_in=32, hw=(16, 16), n=64, k=29)
+
+
+# -- regressions: bias stride, masked slots, out-of-range indices, grid, device -----------
+@interpreter_only
+@pytest.mark.parametrize("kind", ["strided", "expanded"])
+def test_forward_reads_bias_with_its_stride(kind):
+    """A non-contiguous bias (b[::2], an expanded scalar) is read element by element."""
+    from tritonsparse.kernels.condensed_conv import condensed_conv_fwd
+
+    geometry = GEOMETRIES["k3_s1_p1"]
+    x, values, indices, _ = _problem(geometry, torch.float32)
+    bias = torch.randn(2 * values.shape[0])[::2] if kind == "strided" else torch.tensor([0.5]).expand(values.shape[0])
+    y = _nan((2, values.shape[0], 5, 7), torch.float32, "cpu")
+    condensed_conv_fwd(x, values, indices, bias, y, *geometry)
+    assert_close(y, _reference(x, values, indices, bias.contiguous(), geometry), torch.float32, values.shape[1], "y")
+
+
+@interpreter_only
+def test_masked_tail_slots_read_nothing():
+    """Tail slots of the fan-in (K not a multiple of BLOCK_K) and rows past n must not
+    multiply a real element: an inf at tap 0 of channel 0 (what index 0 reads) that no
+    row uses leaves the output finite."""
+    from tritonsparse.kernels.condensed_conv import condensed_conv_fwd
+
+    geometry = GEOMETRIES["k3_s2_p0"]
+    x, values, _, bias = _problem(geometry, torch.float32, k=5, n=3)
+    x[:, 0, 0, 0] = float("inf")
+    indices = random_indices(3, 5, 26).add(1)  # every index but 0
+    y = _nan((2, 3, 2, 3), torch.float32, "cpu")
+    condensed_conv_fwd(x, values, indices, bias, y, *geometry)
+    assert torch.isfinite(y).all()
+    x[:, 0, 0, 0] = 0.0
+    assert_close(y, _reference(x, values, indices, bias, geometry), torch.float32, 5, "y")
+
+
+@interpreter_only
+def test_out_of_range_indices_read_zeros():
+    """An index outside [0, C·kh·kw) contributes nothing (forward) and gets a zero
+    gradient (dValues): x is never read outside its bounds."""
+    from tritonsparse.kernels.condensed_conv import condensed_conv_dw, condensed_conv_fwd
+
+    geometry = GEOMETRIES["k3_s1_p1"]
+    x, values, indices, bias = _problem(geometry, torch.float32)
+    bad = indices.clone()
+    bad[0, 0], bad[1, 2], bad[3, 1] = 27, 1 << 20, -5
+    keep = (bad >= 0) & (bad < 27)
+    y = _nan((2, values.shape[0], 5, 7), torch.float32, "cpu")
+    condensed_conv_fwd(x, values, bad, bias, y, *geometry)
+    y_ref = _reference(x, values * keep, indices, bias, geometry)
+    assert_close(y, y_ref, torch.float32, values.shape[1], "y")
+    gv = _nan(values.shape, torch.float32, "cpu")
+    condensed_conv_dw(x, torch.randn(y.shape), bad, gv, *geometry)
+    assert (gv[~keep] == 0).all() and not gv.isnan().any()
+
+
+def test_forward_grid_is_one_axis():
+    """The pixel blocks go on axis 0 (2**31 - 1 programs), not on axis 1 (65,535): CIFAR
+    at batch 1024 has N·OH·OW = 1,048,576 pixels, past the old limit of 1,048,560."""
+    from tritonsparse.kernels.condensed_conv import conv_fwd_grid
+
+    meta = {"BLOCK_N": 2, "BLOCK_P": 64}
+    for n, P in [(64, 1024 * 32 * 32), (512, 4096 * 56 * 56)]:
+        grid = conv_fwd_grid(n, P, meta)
+        assert len(grid) == 1 and grid[0] == -(-n // 2) * -(-P // 64) and grid[0] < 2**31
+    from tritonsparse.kernels.condensed_conv import _FWD_TILES
+
+    assert all(bp >= 32 * w for _, _, bp, w in _FWD_TILES)  # >= 1 pixel per thread per (channel, slot)
+
+
+@interpreter_only
+def test_launchers_enter_the_tensors_device(monkeypatch):
+    """Both launchers make the inputs' device current (a no-op context on CPU; on CUDA it
+    is torch.cuda.device(x.device))."""
+    import contextlib
+
+    import tritonsparse.kernels.condensed_conv as cc
+
+    seen = []
+
+    def record(t):
+        seen.append(t)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(cc, "launch_device", record)
+    geometry = GEOMETRIES["k1_s1_p0"]
+    x, values, indices, bias = _problem(geometry, torch.float32)
+    y = torch.empty(2, values.shape[0], 5, 7)
+    cc.condensed_conv_fwd(x, values, indices, bias, y, *geometry)
+    cc.condensed_conv_dw(x, y, indices, torch.empty(values.shape), *geometry)
+    assert len(seen) == 2 and all(t is x for t in seen)

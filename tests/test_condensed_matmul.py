@@ -81,6 +81,16 @@ def test_non_contiguous_inputs(backend):
     _check(x, values, indices, None, torch.float32)
 
 
+@pytest.mark.parametrize("kind", ["every_other", "expanded"])
+def test_strided_bias(backend, kind):
+    """A bias that is a strided view (issue 11 item 1) is read with its stride."""
+    x, values, indices, _ = _problem((5,), 19, 7, 4, torch.float32, bias=False)
+    base = torch.randn(14) if kind == "every_other" else torch.tensor([0.5])
+    bias = (base[::2] if kind == "every_other" else base.expand(7)).requires_grad_()  # a strided leaf
+    assert not bias.is_contiguous()
+    _check(x, values, indices, bias, torch.float32)
+
+
 def test_only_some_inputs_need_grad(backend):
     x, values, indices, bias = _problem((4,), 12, 5, 3, torch.float32)
     x.requires_grad_(False)

@@ -84,12 +84,13 @@ def test_cpu_default_backend_is_reference(monkeypatch):
     (dict(exclude=torch.full((5, 2), 40, dtype=torch.int32)), "exclude holds 40"),
     (dict(exclude=torch.zeros(5, 2)), "exclude has dtype"),
     (dict(x=torch.randn(4, 40, 1)), "x must be 2-D"),
+    (dict(tf32="yes"), "tf32 must be a bool"),
 ])
 def test_validation(bad, match):
-    args = dict(x=torch.randn(4, 40), g=torch.randn(4, 5), k=3, exclude=None)
+    args = dict(x=torch.randn(4, 40), g=torch.randn(4, 5), k=3, exclude=None, tf32=False)
     args.update(bad)
     with pytest.raises((ValueError, TypeError), match=match):
-        gradient_topk(args["x"], args["g"], args["k"], args["exclude"])
+        gradient_topk(args["x"], args["g"], args["k"], args["exclude"], tf32=args["tf32"])
 
 
 def test_aot_specs_cover_fp32_and_bf16():
@@ -105,19 +106,135 @@ def test_aot_specs_cover_fp32_and_bf16():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("b,out_f,in_f,k,kx", [(64, 300, 777, 16, 0), (257, 129, 1000, 40, 33), (1000, 64, 4096, 100, 0)])
+@pytest.mark.parametrize("b,out_f,in_f,k,kx", [(64, 300, 777, 16, 0), (257, 129, 1000, 40, 33), (1000, 64, 4096, 100, 0),
+                                               (70, 33, 3000, 300, 500)])  # the last one: chunked path
 def test_kernel_cuda(dtype, b, out_f, in_f, k, kx):
     x, g = _int_data(b, out_f, in_f, dtype, "cuda")
     ex = _exclude(out_f, in_f, kx).cuda() if kx else None
-    scores, cols = gradient_topk(x, g, k, ex, precision="ieee")
+    scores, cols = gradient_topk(x, g, k, ex)  # exact fp32 by default
     ref_s, ref_c = gradient_topk_reference(x, g, k, ex)
     torch.testing.assert_close(scores, ref_s, rtol=0, atol=0)
     assert torch.equal(cols, ref_c)
     # random data with tensor cores: scores within tolerance, chosen columns as good
     xr, gr = torch.randn(b, in_f, device="cuda", dtype=dtype), torch.randn(b, out_f, device="cuda", dtype=dtype)
-    s, c = gradient_topk(xr, gr, k, ex)
+    s, c = gradient_topk(xr, gr, k, ex, tf32=True)
     rs, _ = gradient_topk_reference(xr, gr, k, ex)
     dense = (gr.float().t() @ xr.float()).abs()
     tol = 2e-2 * dense.max().item()
     torch.testing.assert_close(s, rs, rtol=0, atol=tol)
     assert (dense.gather(1, c) >= rs[:, -1:] - tol).all()
+
+
+# -- NaN rule, the chunked path for long lists, and the kernel's limits -------------------
+def _nan_data():
+    x, g = _int_data(6, 9, 40)
+    x[2, 5] = float("nan")  # column 5 is NaN in every row whose g[2] != 0
+    g[:, 7] = float("nan")  # row 7 is NaN everywhere
+    return x, g
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_nan_scores_are_never_selected(monkeypatch, backend):
+    """A NaN score is never chosen, on either backend: a fully NaN row gives -1 / -inf."""
+    monkeypatch.setenv("TRITONSPARSE_BACKEND", backend)
+    x, g = _nan_data()
+    scores, cols = gradient_topk(x, g, 6)
+    assert not scores.isnan().any()
+    nan_rows = (g[2] != 0).nonzero().flatten().tolist()
+    for r in range(9):
+        if r == 7:
+            assert (cols[r] == -1).all() and torch.isinf(scores[r]).all()
+        elif r in nan_rows:
+            assert 5 not in cols[r].tolist()
+
+
+def test_nan_rule_same_on_every_path(monkeypatch):
+    """Reference, fused kernel (interpreter) and chunked path agree bit for bit with NaNs
+    present, exclusions included."""
+    from tritonsparse.kernels.gradient_topk import gradient_topk_chunked
+
+    x, g = _nan_data()
+    ex = _exclude(9, 40, 3)
+    ref = gradient_topk_reference(x, g, 8, ex)
+    chunked = gradient_topk_chunked(x, g, 8, ex)
+    monkeypatch.setenv("TRITONSPARSE_BACKEND", "triton")
+    fused = gradient_topk(x, g, 8, ex)
+    for s, c in (chunked, fused):
+        assert torch.equal(c, ref[1])
+        torch.testing.assert_close(s, ref[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("k,kx", [(130, 0), (90, 60), (300, 200)], ids=["k130", "k90-ex60", "k300-ex200"])
+def test_long_lists_take_the_chunked_path(monkeypatch, k, kx):
+    """k + Kx past 128 runs row chunks of the product + topk on the kernel's keys (no
+    kernel build at KP > 128); the result equals the reference, ties included."""
+    import tritonsparse.kernels.gradient_topk as mod
+
+    monkeypatch.setenv("TRITONSPARSE_BACKEND", "triton")
+    monkeypatch.setattr(mod, "_CHUNK_BYTES", 12 * 600 * 7)  # 7 rows per chunk: several chunks
+    x, g = _int_data(5, 23, 600)
+    ex = _exclude(23, 600, kx) if kx else None
+    assert not mod.uses_fused_kernel(k, kx) and mod.uses_fused_kernel(100, 28)
+    assert mod.chunk_rows(23, 600) == 7
+    scores, cols = gradient_topk(x, g, k, ex)
+    ref_s, ref_c = gradient_topk_reference(x, g, k, ex)
+    assert torch.equal(cols, ref_c)
+    torch.testing.assert_close(scores, ref_s, rtol=0, atol=0)
+
+
+def test_kernel_prune_never_falls_back_past_the_cap():
+    """No config is kept past KP = 128 (the old fallback built a 255-register, 5.4 KB-stack
+    kernel there), and at every KP up to the cap the prune keeps a config that fits."""
+    from tritonsparse.kernels import gradient_topk as mod
+
+    configs = mod._configs()  # the full list (the interpreter's autotuner keeps one)
+    for kp in (16, 32, 64, 128):
+        for b, out in ((16, 16), (256, 768), (4096, 100000)):
+            kept = mod._prune(configs, {"b_bucket": b, "out_features": out}, KP=kp)
+            assert kept and all(mod._fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_D"], kp, c.num_warps) for c in kept)
+    with pytest.raises(ValueError, match="KP=256"):
+        mod._prune(configs, {"b_bucket": 256, "out_features": 768}, KP=256)
+    assert {sp[2]["KP"] for sp in mod.AOT_SPECS} == {64, mod.MAX_KERNEL_KP}
+    assert {sp[2]["PRECISION"] for sp in mod.AOT_SPECS} == {"ieee", "tf32"}
+
+
+def test_default_is_exact_fp32(monkeypatch):
+    """Without tf32 the launcher asks the kernel for exact ("ieee") products."""
+    import tritonsparse.kernels.gradient_topk as mod
+
+    seen = []
+    real = mod.gradient_topk
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(mod, "gradient_topk", spy)
+    monkeypatch.setenv("TRITONSPARSE_BACKEND", "triton")
+    x, g = _int_data(4, 5, 30)
+    gradient_topk(x, g, 3)
+    gradient_topk(x, g, 3, tf32=True)  # TF32 exists only on CUDA: the interpreter stays exact
+    assert seen == ["ieee", "ieee"]
+
+
+def test_launcher_enters_the_tensors_device(monkeypatch):
+    import contextlib
+
+    import tritonsparse.kernels.gradient_topk as mod
+
+    seen = []
+    monkeypatch.setattr(mod, "launch_device", lambda t: seen.append(t) or contextlib.nullcontext())
+    monkeypatch.setenv("TRITONSPARSE_BACKEND", "triton")
+    x, g = _int_data(4, 5, 30)
+    gradient_topk(x, g, 3)
+    assert len(seen) == 1 and seen[0] is x
+
+
+def test_chunked_cost_model_matches_the_documented_figures():
+    """The README and the module docstring quote these modeled numbers (ViT-B 3072 x 768,
+    batch 256): keep them in step with the model."""
+    from tritonsparse.kernels.gradient_topk import chunked_cost_model
+
+    exact, fast = chunked_cost_model(256, 3072, 768), chunked_cost_model(256, 3072, 768, tf32=True)
+    assert [round(exact[k]) for k in ("gemm_us", "chunked_us", "dense_topk_us")] == [26, 73, 49]
+    assert [round(fast[k]) for k in ("gemm_us", "chunked_us", "dense_topk_us")] == [5, 52, 28]

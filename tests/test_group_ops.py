@@ -231,7 +231,7 @@ def test_condensed_linear_groups(monkeypatch):
 
     layer = CondensedLinear(20, 12, 5, group_size=4)
     assert layer.weight_indices.shape == (3, 5) and layer.weight_values.shape == (12, 5)
-    assert layer.weight_values.stride(0) == 16 and layer.capacity == 12 * 16
+    assert layer.weight_values.stride(0) == 16 and layer.capacity >= 12 * 16 and layer.nnz_budget == 12 * 5
     dense = layer.to_dense_weight()
     assert ((dense != 0).sum(1) == 5).all()
     assert torch.equal(dense[0] != 0, dense[3] != 0)  # one group, one column set
@@ -239,7 +239,7 @@ def test_condensed_linear_groups(monkeypatch):
     y = layer(x)
     torch.testing.assert_close(y, x @ dense.t() + layer.bias, rtol=1e-5, atol=1e-5)
     y.sum().backward()
-    assert layer.values.grad.view(12, 16)[:, 5:].abs().sum() == 0  # the pads get no gradient
+    assert layer.values.grad[: 12 * 16].view(12, 16)[:, 5:].abs().sum() == 0  # the pads get no gradient
     # state dict round trip into a fresh layer of the same group size
     other = CondensedLinear(20, 12, 5, group_size=4)
     other.load_state_dict(layer.state_dict())

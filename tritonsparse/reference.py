@@ -37,8 +37,10 @@ def gradient_topk_reference(x, grad_output, k, exclude=None):
     (skipping the columns listed in ``exclude`` (out, Kx), negative entries ignored),
     via the dense (out, in) product in fp32. Ties go to the smaller column. Returns
     ``(scores fp32, indices int64)``, each (out, k), best first; a row with fewer than
-    ``k`` allowed columns is padded with index -1 and score -inf."""
+    ``k`` allowed columns is padded with index -1 and score -inf. A NaN score is never
+    selected (treated like an excluded column), as in the Triton kernel."""
     scores = (grad_output.float().t() @ x.float()).abs()
+    scores.masked_fill_(scores.isnan(), -float("inf"))
     out_features, in_features = scores.shape
     if exclude is not None and exclude.numel():
         ex = exclude.long()

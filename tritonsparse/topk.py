@@ -11,12 +11,15 @@ _EXCLUDE_DTYPES = (torch.int16, torch.int32, torch.int64)
 
 
 def gradient_topk(x: torch.Tensor, grad_output: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
-                  precision: str = "tf32"):
+                  tf32: bool = False):
     """Per output row, the ``k`` input columns with the largest ``|(grad_outputᵀ x)[row, d]|``.
 
     ``grad_outputᵀ x`` is the gradient of the loss with respect to a linear layer's dense
-    weight (out, in); this finds its per-row top-k without writing it: one fused Triton
-    kernel (``tl.dot`` tiles merged into a running per-row top-k), extra memory O(out·k).
+    weight (out, in); this finds its per-row top-k without keeping it: for
+    ``k + Kx <= 128`` one fused Triton kernel (``tl.dot`` tiles merged into a running
+    per-row top-k, extra memory O(out·k)); for larger lists row chunks of the product
+    through the GEMM and ``torch.topk`` (extra memory one chunk, at most 256 MB). See
+    :mod:`tritonsparse.kernels.gradient_topk` for both designs and their modeled cost.
     Gradients accumulated over micro-batches are handled by concatenating them along
     the batch: the product sums over it.
 
@@ -26,13 +29,18 @@ def gradient_topk(x: torch.Tensor, grad_output: torch.Tensor, k: int, exclude: t
         k: results per row, 1 <= k <= in_features.
         exclude: optional (out_features, Kx) int16/int32/int64 columns a row must not
             return (e.g. its active weights); negative entries are ignored (padding).
-        precision: ``"tf32"`` (tensor cores, default) or ``"ieee"`` for fp32 inputs on
-            GPU; low-precision inputs always accumulate in fp32.
+        tf32: rank fp32 inputs from TF32 tensor-core products on a GPU (faster, ~1e-3
+            relative error, so near-ties can rank differently from the CPU). Default
+            ``False``: exact fp32 products on every backend, so the CPU, the interpreter
+            and the GPU choose the same columns. Low-precision inputs always multiply
+            exactly and accumulate in fp32.
 
     Returns:
         ``(scores, indices)``: (out_features, k) fp32 scores, best first, and their int64
-        columns. Equal scores are ordered by ascending column (deterministic). A row with
-        fewer than ``k`` allowed columns is padded with index -1 and score -inf.
+        columns. Equal scores are ordered by ascending column (deterministic). **A NaN
+        score is never selected**, on every backend (+inf is a score like any other). A
+        row with fewer than ``k`` selectable columns (not excluded, not NaN) is padded
+        with index -1 and score -inf.
 
     CUDA tensors run the kernel; CPU tensors run the dense reference (or the kernel in
     Triton's interpreter when ``TRITON_INTERPRET=1``).
@@ -55,6 +63,8 @@ def gradient_topk(x: torch.Tensor, grad_output: torch.Tensor, k: int, exclude: t
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     if not 1 <= k <= in_features:
         raise ValueError(f"k must be in [1, in_features={in_features}], got {k}")
+    if not isinstance(tf32, bool):
+        raise TypeError(f"tf32 must be a bool, got {type(tf32).__name__}")
     if exclude is not None:
         check_tensor("exclude", exclude, _EXCLUDE_DTYPES, ndim=2)
         if exclude.shape[0] != out_features:
@@ -62,22 +72,21 @@ def gradient_topk(x: torch.Tensor, grad_output: torch.Tensor, k: int, exclude: t
                              "exclude must be (out_features, Kx)")
         if exclude.numel() and int(exclude.max()) >= in_features:
             raise ValueError(f"exclude holds {int(exclude.max())}, out of range for in_features={in_features}")
-    if precision not in ("tf32", "ieee"):
-        raise ValueError(f"precision must be 'tf32' or 'ieee', got {precision!r}")
     check_same_device(x=x, grad_output=grad_output, exclude=exclude)
     if exclude is not None and exclude.shape[1] == 0:
         exclude = None
 
     if backend_for(x.device) == "torch":
         return gradient_topk_reference(x, grad_output, k, exclude)
-    from .kernels.gradient_topk import gradient_topk as launch
+    from .kernels import gradient_topk as kern
 
+    kx = exclude.shape[1] if exclude is not None else 0
+    on_gpu = x.device.type == "cuda"
+    if not kern.uses_fused_kernel(k, kx):
+        return kern.gradient_topk_chunked(x, grad_output, k, exclude, tf32=tf32 and on_gpu)
     scores = torch.empty(out_features, k, dtype=torch.float32, device=x.device)
     indices = torch.empty(out_features, k, dtype=torch.int64, device=x.device)
-    if x.device.type != "cuda":
-        precision = "ieee"
-        if x.dtype == torch.bfloat16:  # Triton's interpreter multiplies bf16 dot operands as raw bits
-            x, grad_output = x.float(), grad_output.float()
-    elif x.dtype != torch.float32:
-        precision = "ieee"
-    return launch(x, grad_output, k, exclude, scores, indices, precision)
+    precision = "tf32" if tf32 and on_gpu and x.dtype == torch.float32 else "ieee"
+    if not on_gpu and x.dtype == torch.bfloat16:  # Triton's interpreter multiplies bf16 dot operands as raw bits
+        x, grad_output = x.float(), grad_output.float()
+    return kern.gradient_topk(x, grad_output, k, exclude, scores, indices, precision)

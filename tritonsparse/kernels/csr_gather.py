@@ -27,69 +27,63 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import autotune, batch_bucket, next_power_of_2
+from .._triton import autotune, batch_bucket, launch_device, next_power_of_2, size_bucket
 from ._configs import gather_configs, prune_gather_configs
+from ._gather import gather_rows
 
 SPLIT_FACTOR = 8  # rows longer than this many times the mean length are split
 MIN_SEGMENT = 256  # ... and longer than one segment, which holds at least this many nonzeros
 MAX_SEGMENTS = 64  # segments per split row at most (bounds the workspace)
 
 
-# Tiles of the shared gather space that build with a stack frame for this kernel on
-# sm_80 (``python -m tritonsparse._aot``); the rest build clean for sm_80 and sm_90.
-_STACK_ON_SM80 = {(16, 8, 32, 4), (16, 64, 8, 8)}
-
-
-def _configs():
-    tile = lambda c: (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["BLOCK_B"], c.num_warps)  # noqa: E731
-    return [c for c in gather_configs() if tile(c) not in _STACK_ON_SM80]
-
-
 @autotune(
-    configs=_configs(),
-    key=["n_rows", "avg_len", "b_bucket"],
-    prune_configs_by={"early_config_prune": prune_gather_configs("n_rows", "avg_len")},
+    configs=gather_configs(),
+    key=["n_bucket", "len_bucket", "b_bucket", "INT64"],
+    prune_configs_by={"early_config_prune": prune_gather_configs("n_bucket", "len_bucket")},
 )
-@triton.jit
+@triton.jit(do_not_specialize=["n_bucket", "len_bucket", "b_bucket"])
 def _csr_gather_kernel(
     inT_ptr, starts_ptr, ends_ptr, col_ptr, val_ptr, order_ptr, bias_ptr, out_ptr,
-    B, n_rows, avg_len, b_bucket,
-    stride_in_r,
+    B, n_rows, n_cols, n_bucket, len_bucket, b_bucket,
+    stride_in_r, stride_bias,
     stride_out_b, stride_out_r,
-    HAS_ORDER: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr,
+    HAS_ORDER: tl.constexpr, HAS_BIAS: tl.constexpr, INT64: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, UNROLL: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_b = tl.program_id(1)
+    # program id -> (row tile, batch tile); row tiles vary fastest
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(n_rows, BLOCK_N)
+    pid_n = pid % num_n
+    pid_b = pid // num_n
     lanes = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = lanes < n_rows
+    # dead lanes stand in for the tile's first row (in bounds) and are not stored
+    lanes_c = tl.where(row_mask, lanes, pid_n * BLOCK_N)
     if HAS_ORDER:
-        rows = tl.load(order_ptr + lanes, mask=row_mask, other=0)
+        rows = tl.load(order_ptr + lanes_c)
     else:
-        rows = lanes
-    rows64 = rows.to(tl.int64)
+        rows = lanes_c
+    if INT64:
+        rows = rows.to(tl.int64)
     cols_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     b_mask = cols_b < B
 
     # nonzero offsets in the index dtype: int32 arrays when nnz < 2**31, int64 beyond
-    start = tl.load(starts_ptr + rows64, mask=row_mask, other=0)
-    length = tl.load(ends_ptr + rows64, mask=row_mask, other=0) - start
-    max_len = tl.max(length, axis=0)
-
-    acc = tl.zeros((BLOCK_N, BLOCK_B), dtype=tl.float32)
-    for p0 in range(0, max_len, BLOCK_K):
-        ps = p0 + tl.arange(0, BLOCK_K)
-        p_mask = ps[None, :] < length[:, None]
-        offs = start[:, None] + ps[None, :]
-        col = tl.load(col_ptr + offs, mask=p_mask, other=0)
-        val = tl.load(val_ptr + offs, mask=p_mask, other=0.0)
-        xg = tl.load(inT_ptr + col.to(tl.int64)[:, :, None] * stride_in_r + cols_b[None, None, :],
-                     mask=b_mask[None, None, :], other=0.0)
-        acc += tl.sum(val.to(tl.float32)[:, :, None] * xg.to(tl.float32), axis=1)
+    start = tl.load(starts_ptr + rows)
+    length = (tl.load(ends_ptr + rows) - start).to(tl.int32)
+    if BLOCK_K == 1:  # the rows body (see _gather.gather_rows)
+        step = UNROLL
+    else:
+        step = BLOCK_K * UNROLL
+    # whole steps up to the shortest row need no mask (rows of a tile have similar
+    # lengths when the plan orders them); the rest, to the longest row, is masked
+    k_full = (tl.min(length, axis=0) // step) * step
+    acc = gather_rows(col_ptr + start, val_ptr + start, inT_ptr, pid_b * BLOCK_B, B, n_cols, stride_in_r,
+                      0, k_full, length, 1, 1, BLOCK_N, BLOCK_K, BLOCK_B, UNROLL, False, INT64)
 
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + rows64, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-    out_ptrs = out_ptr + cols_b[None, :].to(tl.int64) * stride_out_b + rows64[:, None] * stride_out_r
+        acc += tl.load(bias_ptr + rows * stride_bias).to(tl.float32)[:, None]
+    out_ptrs = out_ptr + cols_b[None, :].to(tl.int64) * stride_out_b + rows.to(tl.int64)[:, None] * stride_out_r
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & b_mask[None, :])
 
 
@@ -140,34 +134,43 @@ def make_plan(crow: torch.Tensor, split_factor: float | None = None, min_segment
 
 
 def _launch(inT, starts, ends, col, val, out, bias, order, n_rows, avg_len):
-    B = inT.shape[1]
+    B, n_cols = inT.shape[1], inT.shape[0]
     if n_rows == 0 or B == 0:
         return
-    grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_N"]), triton.cdiv(B, meta["BLOCK_B"]))  # noqa: E731
-    _csr_gather_kernel[grid](
-        inT, starts, ends, col, val,
-        order if order is not None else starts,
-        bias if bias is not None else val,
-        out,
-        B, n_rows, max(1, int(avg_len)), batch_bucket(B),
-        inT.stride(0),
-        out.stride(0), out.stride(1),
-        HAS_ORDER=order is not None, HAS_BIAS=bias is not None,
-    )
+    int64 = max(n_cols * inT.stride(0) + B, B * out.stride(0) + n_rows * out.stride(1)) >= 2**31 - 1
+
+    def grid(meta):
+        return (triton.cdiv(n_rows, meta["BLOCK_N"]) * triton.cdiv(B, meta["BLOCK_B"]),)
+
+    with launch_device(inT):
+        _csr_gather_kernel[grid](
+            inT, starts, ends, col, val,
+            order if order is not None else starts,
+            bias if bias is not None else val,
+            out,
+            B, n_rows, n_cols, size_bucket(n_rows), size_bucket(max(1, int(avg_len))), batch_bucket(B),
+            inT.stride(0), bias.stride(0) if bias is not None else 0,
+            out.stride(0), out.stride(1),
+            HAS_ORDER=order is not None, HAS_BIAS=bias is not None, INT64=int64,
+        )
 
 
 def csr_gather(inT, crow, col, val, out, bias=None, row_order=None, plan: GatherPlan | None = None):
     """Launch the CSR row-gather kernel.
 
-    inT: (n_cols, B) contiguous (the dense operand, transposed); crow: (n_rows + 1,);
-    col, val: (nnz,) contiguous; out: (B, n_rows), written in full; bias: (n_rows,) or
-    None; row_order: optional (n_rows,) permutation of the rows; plan: optional
+    inT: (n_cols, B) batch-contiguous (the dense operand, transposed); crow: (n_rows + 1,);
+    col, val: (nnz,) contiguous; out: (B, n_rows), written in full; bias: (n_rows,) with
+    any stride, or None; row_order: optional (n_rows,) permutation of the rows; plan: optional
     :class:`GatherPlan` of ``crow`` (from :func:`make_plan`), which replaces ``row_order``
-    and splits long rows.
+    and splits long rows. Column indices outside [0, n_cols) contribute nothing (they are
+    never read). Launches on the tensors' CUDA device (or in the interpreter).
     """
     n_rows = crow.shape[0] - 1
     B = inT.shape[1]
-    assert inT.stride(1) == 1 or B == 1
+    if B > 1 and inT.stride(1) != 1:
+        raise ValueError(f"inT must be batch-contiguous (stride(1) == 1), got strides {tuple(inT.stride())}")
+    if tuple(out.shape) != (B, n_rows):
+        raise ValueError(f"out must have shape {(B, n_rows)}, got {tuple(out.shape)}")
     nnz = col.shape[0]
     if nnz == 0 or n_rows == 0 or B == 0:  # nothing to gather: the bias alone
         out.zero_()
@@ -193,20 +196,19 @@ def csr_gather(inT, crow, col, val, out, bias=None, row_order=None, plan: Gather
 
 def _aot_specs():
     """(kernel, signature, constexprs) for the ahead-of-time compile check: fp32 and bf16
-    with int32 indices: the row-gather with order and bias (CSR forward; the dX and the
+    with int32 structure: the row-gather with order and bias (CSR forward; the dX and the
     fp32 segment pass are the same code with less of it) and the bf16 segment pass (fp32
-    workspace). The test merges
-    each config's BLOCK_* in."""
+    workspace). The check merges each config's BLOCK_* in."""
     specs = []
     variants = [("fp32", "fp32", True, True), ("bf16", "bf16", True, True), ("bf16", "fp32", False, False)]
     for dt, out_dt, has_order, has_bias in variants:
         sig = {
             "inT_ptr": f"*{dt}", "starts_ptr": "*i32", "ends_ptr": "*i32", "col_ptr": "*i32",
             "val_ptr": f"*{dt}", "order_ptr": "*i32", "bias_ptr": f"*{dt}", "out_ptr": f"*{out_dt}",
-            "B": "i32", "n_rows": "i32", "avg_len": "i32", "b_bucket": "i32",
-            "stride_in_r": "i32", "stride_out_b": "i32", "stride_out_r": "i32",
+            "B": "i32", "n_rows": "i32", "n_cols": "i32", "n_bucket": "i32", "len_bucket": "i32", "b_bucket": "i32",
+            "stride_in_r": "i32", "stride_bias": "i32", "stride_out_b": "i32", "stride_out_r": "i32",
         }
-        specs.append((_csr_gather_kernel, sig, {"HAS_ORDER": has_order, "HAS_BIAS": has_bias}))
+        specs.append((_csr_gather_kernel, sig, {"HAS_ORDER": has_order, "HAS_BIAS": has_bias, "INT64": False}))
     return specs
 
 

@@ -1,22 +1,45 @@
-"""Fused gradient top-k: per output row, the k columns with the largest
+"""Gradient top-k: per output row, the k columns with the largest
 
     |G[row, d]|,   G = grad_outputᵀ @ x   (out, in)
 
-without ever writing G. A program owns BLOCK_M output rows. It walks the input columns
-in tiles of TILE_D (= max(BLOCK_D, KP)): each tile of G is a ``tl.dot`` over the batch
-(tensor cores, fp32 accumulation), turned into int64 sort keys
+Two implementations, chosen by the per-row buffer width KP = next_power_of_2(k + Kx)
+(Kx: the excluded columns per row), :func:`uses_fused_kernel`:
+
+**Fused kernel (KP <= 128).** G is never written. A program owns BLOCK_M output rows. It
+walks the input columns in tiles of TILE_D (= max(BLOCK_D, KP)): each tile of G is a
+``tl.dot`` over the batch (fp32 accumulation; ``input_precision`` "ieee", exact fp32, by
+default, "tf32" on request), turned into int64 sort keys
 
     key = (bits of |G| as int32) << 32 | (2**31 - 1 - d)
 
 (|G| >= 0, so its float bits order like the value; the low word breaks ties towards the
 smaller column, which makes the result deterministic), and merged into a running sorted
 buffer of the KP best keys per row with ``tl.topk``. Tiles whose best key cannot enter
-any row's buffer are skipped. Masked-out columns get key -1, below every real key.
+any row's buffer are skipped. Masked-out columns and NaN scores get key -1, below every
+real key: **a NaN score is never selected** (a row with fewer than k non-NaN, allowed
+columns is padded with index -1 and score -inf, like a row with too many exclusions).
+``exclude`` (out, Kx) lists columns a row must not return (negative entries are
+padding); after the last tile the excluded columns are struck out of the buffer and the
+best k of the rest are exact. Extra memory: the (out, k) outputs.
 
-``exclude`` (out, Kx) lists columns a row must not return (the active ones; negative
-entries are padding). The buffer holds KP >= k + Kx keys, so after the last tile the
-excluded columns are struck out once per row and the best k of the rest are exact.
-Extra memory: the (out, k) outputs.
+The merge holds a (BLOCK_M, 2·KP) int64 tensor in registers, so KP is capped at 128:
+every config the prune keeps up to KP = 128 builds for sm_80/sm_90 with 0 spills and 0
+stack (``python -m tritonsparse._aot``); the old fallback for KP = 1024 had 255
+registers, 5.4 KB of stack and a 7-minute compile.
+
+**Row chunks through the GEMM (KP > 128).** :func:`gradient_topk_chunked`: rows of G in
+chunks of at most ``_CHUNK_BYTES`` (a dense ``grad_output[:, rows]ᵀ @ x`` in fp32, exact
+unless ``tf32``), then the kernel's selection rule on fp32 scores (NaN and excluded
+columns -> -1; ``torch.topk`` for each row's k-th score, then the columns above it and the
+lowest-numbered ones equal to it): the same columns, order and NaN rule as the kernel.
+Extra memory: one chunk of G and its masks (at most ``_CHUNK_BYTES``).
+
+Modeled cost (:func:`chunked_cost_model`; **modeled**, H100 SXM, not measured), ViT-B
+3072 x 768 at batch 256: chunked path 73 µs exact fp32 / 52 µs TF32, against the dense
+``(grad_outputᵀ x).abs()`` + mask + ``torch.topk`` at 49 / 28 µs (not deterministic on
+ties) and the TF32 GEMM alone at 5 µs. The extra is the selection's passes over G (58 B
+per element against 40) and kernel floors; it beats the old fallback (a 7-minute compile,
+then a spilling kernel) and is exact.
 """
 from __future__ import annotations
 
@@ -24,7 +47,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import autotune, batch_bucket, next_power_of_2
+from types import SimpleNamespace
+
+from .._triton import autotune, batch_bucket, launch_device, next_power_of_2
 
 # Register budget, measured with the AOT compile (sm_80/sm_90, no spills): the fp32 tile,
 # its int64 keys and the (BLOCK_M, 2*KP) int64 merge hold about
@@ -43,21 +68,33 @@ def _fits(bm, bd, kp, warps):
 def _configs():
     # The interpreter keeps only the first config: a small tile that handles every case.
     configs = [triton.Config({"BLOCK_M": 16, "BLOCK_D": 16, "BLOCK_B": 16}, num_warps=4, num_stages=2)]
-    # (BLOCK_M, BLOCK_D, BLOCK_B, num_warps); two stages and BLOCK_B <= 32: more spills
-    for bm, bd, bb, w in [(16, 64, 32, 4), (32, 64, 32, 8), (32, 128, 32, 8),
-                          (16, 32, 32, 8)]:  # for long top-k lists (KP 128)
-        configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_D": bd, "BLOCK_B": bb}, num_warps=w, num_stages=2))
+    # (BLOCK_M, BLOCK_D, BLOCK_B, num_warps, num_stages); BLOCK_B <= 32: more spills. The
+    # last two serve long top-k lists (KP 128): with two stages the w8 tile spills 16 B.
+    for bm, bd, bb, w, st in [(16, 64, 32, 4, 2), (32, 64, 32, 8, 2), (32, 128, 32, 8, 2),
+                              (16, 32, 32, 8, 1), (16, 128, 16, 16, 2)]:
+        configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_D": bd, "BLOCK_B": bb}, num_warps=w, num_stages=st))
     return configs
 
 
 def _prune(configs, named_args, **kwargs):
+    """The configs whose registers fit at this KP (none is kept past ``MAX_KERNEL_KP``:
+    the launcher sends those to :func:`gradient_topk_chunked`)."""
     kp = int(kwargs.get("KP", named_args.get("KP", 16)))
+    if kp > MAX_KERNEL_KP:
+        raise ValueError(f"gradient_topk kernel: KP={kp} is past {MAX_KERNEL_KP}; use gradient_topk_chunked")
     b = int(named_args["b_bucket"])
     out = int(named_args["out_features"])
     kept = [c for c in configs[1:]
             if _fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_D"], kp, c.num_warps)
             and c.kwargs["BLOCK_B"] <= max(b, 16) and c.kwargs["BLOCK_M"] <= max(next_power_of_2(out), 16)]
-    return kept or configs[:1]
+    if not kept:  # a smaller problem than every tile: the smallest tile that fits at this KP
+        kept = [c for c in configs[1:] if _fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_D"], kp, c.num_warps)][:1]
+    if not kept:
+        raise ValueError(f"gradient_topk kernel: no config fits KP={kp} (at most {MAX_KERNEL_KP})")
+    return kept
+
+
+MAX_KERNEL_KP = 128  # wider buffers take the chunked GEMM path
 
 
 @autotune(configs=_configs(), key=["out_features", "in_features", "b_bucket", "KP", "HAS_EXCLUDE"],
@@ -94,7 +131,7 @@ def _gradient_topk_kernel(
             acc = tl.dot(g, xv, acc, input_precision=PRECISION)
         bits = tl.abs(acc).to(tl.int32, bitcast=True).to(tl.int64)
         key = (bits << 32) | (2147483647 - ds).to(tl.int64)[None, :]
-        key = tl.where(d_mask[None, :], key, -1)
+        key = tl.where(d_mask[None, :] & (acc == acc), key, -1)  # NaN scores are never selected
         gain = tl.max((tl.max(key, axis=1) > thr).to(tl.int32), axis=0)
         if gain > 0:
             if TILE_D > KP:
@@ -131,37 +168,132 @@ def buffer_width(k: int, kx: int) -> int:
     return max(next_power_of_2(k + kx), 16)
 
 
-def gradient_topk(x, grad_output, k, exclude, scores, indices, precision="tf32"):
-    """Launch the kernel. x: (B, in), grad_output: (B, out) (any strides), exclude:
-    (out, Kx) integer tensor or None; scores (out, k) fp32 and indices (out, k) int64
-    are written in full (the kernel writes the scores' float bits through an int32 view)."""
+def uses_fused_kernel(k: int, kx: int) -> bool:
+    """Whether ``k`` results with ``kx`` exclusions per row run the fused kernel (buffer
+    up to ``MAX_KERNEL_KP``) rather than :func:`gradient_topk_chunked`."""
+    return buffer_width(k, kx) <= MAX_KERNEL_KP
+
+
+def gradient_topk(x, grad_output, k, exclude, scores, indices, precision="ieee"):
+    """Launch the fused kernel (``uses_fused_kernel(k, Kx)`` must hold). x: (B, in),
+    grad_output: (B, out) (any strides), exclude: (out, Kx) integer tensor or None;
+    scores (out, k) fp32 and indices (out, k) int64 are written in full (the kernel writes
+    the scores' float bits through an int32 view). ``precision``: "ieee" or "tf32"."""
     B, in_features = x.shape
     out_features = grad_output.shape[1]
     kx = exclude.shape[1] if exclude is not None else 0
+    if not uses_fused_kernel(k, kx):
+        raise ValueError(f"k + Kx = {k + kx} needs a buffer past {MAX_KERNEL_KP}: use gradient_topk_chunked")
     ex = exclude if exclude is not None else indices  # a placeholder pointer when unused
     grid = lambda meta: (triton.cdiv(out_features, meta["BLOCK_M"]),)  # noqa: E731
-    _gradient_topk_kernel[grid](
-        x, grad_output, ex, scores.view(torch.int32), indices,
-        B, out_features, in_features, k, kx, batch_bucket(B),
-        x.stride(0), x.stride(1), grad_output.stride(0), grad_output.stride(1),
-        ex.stride(0), ex.stride(1), scores.stride(0), indices.stride(0),
-        KP=buffer_width(k, kx), HAS_EXCLUDE=exclude is not None, PRECISION=precision,
-    )
+    with launch_device(x):
+        _gradient_topk_kernel[grid](
+            x, grad_output, ex, scores.view(torch.int32), indices,
+            B, out_features, in_features, k, kx, batch_bucket(B),
+            x.stride(0), x.stride(1), grad_output.stride(0), grad_output.stride(1),
+            ex.stride(0), ex.stride(1), scores.stride(0), indices.stride(0),
+            KP=buffer_width(k, kx), HAS_EXCLUDE=exclude is not None, PRECISION=precision,
+        )
     return scores, indices
 
 
+_CHUNK_BYTES = 256 * 2**20  # G and its int64 keys for one chunk of rows
+
+
+def chunk_rows(out_features: int, in_features: int) -> int:
+    """Rows of G per chunk in :func:`gradient_topk_chunked` (12 bytes per element)."""
+    return max(1, min(out_features, _CHUNK_BYTES // max(12 * in_features, 1)))
+
+
+def gradient_topk_chunked(x, grad_output, k, exclude=None, tf32=False):
+    """Per-row top-k of |grad_outputᵀ x| through row chunks of the dense product, for any
+    k: each chunk of rows is one GEMM in fp32 (TF32 only if ``tf32`` and on CUDA), then the
+    fused kernel's selection rule on fp32 scores: NaN and excluded columns score -1 (never
+    selected), ``torch.topk`` gives each row's k-th score t, and the row keeps every column
+    above t plus the lowest-numbered columns equal to t, best first, ties by ascending
+    column. Returns ``(scores fp32, indices int64)``, each (out, k); a row with fewer than
+    k selectable columns is padded with -1 / -inf."""
+    out_features, in_features = grad_output.shape[1], x.shape[1]
+    xf, gf = x.float(), grad_output.float()
+    scores = torch.empty(out_features, k, dtype=torch.float32, device=x.device)
+    indices = torch.empty(out_features, k, dtype=torch.int64, device=x.device)
+    step = chunk_rows(out_features, in_features)
+    cuda = x.device.type == "cuda"
+    saved = torch.backends.cuda.matmul.allow_tf32 if cuda else None
+    try:
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+        for r0 in range(0, out_features, step):
+            r1 = min(out_features, r0 + step)
+            g = torch.nan_to_num_((gf[:, r0:r1].t() @ xf).abs_(), nan=-1.0, posinf=float("inf"))
+            if exclude is not None:
+                ex = exclude[r0:r1].long()
+                keep = ex >= 0  # negative entries are padding
+                rows = torch.arange(r1 - r0, device=x.device)[:, None].expand_as(ex)
+                g[rows[keep], ex[keep]] = -1.0
+            t = g.topk(k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
+            above = g > t
+            tied = g == t
+            room = k - above.sum(dim=1, keepdim=True)
+            chosen = above | (tied & (tied.cumsum(dim=1) <= room))
+            cols = chosen.nonzero()[:, 1].view(r1 - r0, k)  # k per row, ascending column
+            top = g.gather(1, cols)
+            order = torch.sort(top, dim=1, descending=True, stable=True).indices  # ties keep ascending column
+            top, cols = top.gather(1, order), cols.gather(1, order)
+            valid = top >= 0
+            scores[r0:r1] = torch.where(valid, top, float("-inf"))
+            indices[r0:r1] = torch.where(valid, cols, -1)
+    finally:
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = saved
+    return scores, indices
+
+
+# H100 SXM constants of the shared SASS roofline model (tools/sass_model in the workspace)
+_H100 = {"l2_bytes_per_s": 5.5e12, "floor_us": 2.0, "fp32_flops": 50e12, "tf32_flops": 400e12}
+
+
+def chunked_cost_model(batch: int, in_features: int, out_features: int, tf32: bool = False) -> dict:
+    """**Modeled** H100 SXM time (µs) of :func:`gradient_topk_chunked` next to the dense
+    baseline ``(grad_outputᵀ x).abs()``, exclusion mask, ``torch.topk`` on fp32 scores.
+
+    A model, not a measurement: the GEMM at cuBLAS's achieved rate (fp32 50, TF32 400
+    TFLOP/s), every other op streams its bytes through L2 at 5.5 TB/s, plus 2 µs per
+    kernel. Bytes per element of G, chunked path: abs 8, NaN fill 8, ``topk`` on fp32 as a
+    radix select of 4 passes of 4 B (16), two compares 5 + 5, a row sum 1, a cumsum 9, the
+    final mask 3 + 1 + 1, ``nonzero`` 1 (58 B, 11 kernels with the small gathers and sort);
+    baseline: abs 8, exclusion mask 16, ``topk`` 16 (40 B, 3 kernels)."""
+    rate = _H100["tf32_flops"] if tf32 else _H100["fp32_flops"]
+    gemm = 2 * batch * in_features * out_features / rate * 1e6 + _H100["floor_us"]
+    elems = in_features * out_features
+    bw = _H100["l2_bytes_per_s"] / 1e6  # bytes per µs
+
+    def passes(bytes_per_elem, kernels):
+        return elems * bytes_per_elem / bw + kernels * _H100["floor_us"]
+
+    chunked = gemm + passes(8 + 8 + 16 + 5 + 5 + 1 + 9 + 3 + 1 + 1 + 1, 11)
+    dense = gemm + passes(8 + 16 + 16, 3)
+    return {"gemm_us": gemm, "chunked_us": chunked, "dense_topk_us": dense}
+
+
 def _aot_specs():
-    """(autotuner, signature, constexprs) for the ahead-of-time compile check: fp32 and
-    bf16 inputs, with and without an exclusion list, for a buffer of 64 keys."""
+    """(configs holder, signature, constexprs) for the ahead-of-time compile check: fp32
+    (exact and TF32) and bf16 inputs, with and without an exclusion list, at KP = 64 and
+    at the widest buffer the kernel takes (``MAX_KERNEL_KP``), each with the configs the
+    prune keeps at that KP (a config the prune drops never runs there)."""
     ints = {n: "i32" for n in ("B", "out_features", "in_features", "k", "Kx", "b_bucket",
                                "stride_x_b", "stride_x_d", "stride_go_b", "stride_go_n",
                                "stride_ex_n", "stride_ex_k", "stride_s_n", "stride_i_n")}
+    tuner = _gradient_topk_kernel
     specs = []
-    for dt, prec in (("fp32", "tf32"), ("bf16", "ieee")):
-        for has_ex in (False, True):
-            sig = {"x_ptr": f"*{dt}", "go_ptr": f"*{dt}", "ex_ptr": "*i32", "scores_ptr": "*i32",
-                   "idx_ptr": "*i64", **ints}
-            specs.append((_gradient_topk_kernel, sig, {"KP": 64, "HAS_EXCLUDE": has_ex, "PRECISION": prec}))
+    for kp in (64, MAX_KERNEL_KP):
+        kept = _prune(_configs(), {"b_bucket": 4096, "out_features": 1 << 20}, KP=kp)  # all configs, also under the interpreter
+        holder = SimpleNamespace(fn=tuner.fn, configs=kept)
+        for dt, prec in (("fp32", "ieee"), ("fp32", "tf32"), ("bf16", "ieee")):
+            for has_ex in (False, True):
+                sig = {"x_ptr": f"*{dt}", "go_ptr": f"*{dt}", "ex_ptr": "*i32", "scores_ptr": "*i32",
+                       "idx_ptr": "*i64", **ints}
+                specs.append((holder, sig, {"KP": kp, "HAS_EXCLUDE": has_ex, "PRECISION": prec}))
     return specs
 
 

@@ -1,0 +1,215 @@
+"""The SASS hot-loop report (``tritonsparse.sass``): parsing and counting checked on
+hand-written SASS and on probe kernels whose SASS is known, the roofline model's
+arithmetic, bad input, and a smoke run of the report CLI on a tiny problem.
+
+Compiling needs ``TRITON_INTERPRET`` unset, which the suite sets at import: compile steps
+run in subprocesses (the Triton file cache keeps reruns fast).
+"""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tritonsparse.sass import model as M
+from tritonsparse.sass.parse import count, find_loops, hot_loop, load_width_bits, parse, summarize
+from tritonsparse.sass.problems import Problem
+
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="the Triton NVIDIA backend ships for Linux")
+
+
+def _run(args, timeout=900):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+# -- parsing and counting on hand-written SASS -------------------------------------------
+_SASS = """
+        /*0000*/                   S2R R0, SR_TID.X ;
+        /*0010*/                   IMAD.SHL.U32 R2, R0, 0x4, RZ ;
+.L_x_0:
+        /*0020*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
+        /*0030*/              @!P0 LDG.E.U16 R8, desc[UR4][R2.64+0x10] ;
+        /*0040*/                   LDG.E R9, desc[UR4][R2.64+0x20] ;
+.L_x_1:
+        /*0050*/                   FFMA R10, R4, R5, R10 ;
+        /*0060*/                   HFMA2 R11, R8, R8, R11 ;
+        /*0070*/                   FMUL R12, R6, R7 ;
+        /*0080*/                   SHFL.BFLY PT, R13, R12, 0x1, 0x1f ;
+        /*0090*/                   ISETP.GE.AND P1, PT, R0, 0x10, PT ;
+        /*00a0*/                   NOP ;
+        /*00b0*/               @P1 BRA `(.L_x_1) ;
+        /*00c0*/                   LDS.64 R14, [R0] ;
+        /*00d0*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*00e0*/                   IADD3 R2, R2, 0x40, RZ ;
+        /*00f0*/               @P0 BRA `(.L_x_0) ;
+        /*0100*/                   STG.E.64 desc[UR4][R2.64], R10 ;
+        /*0110*/                   EXIT ;
+.L_x_2:
+        /*0120*/                   BRA `(.L_x_2) ;
+"""
+
+
+def test_parse_finds_nested_loops_and_the_inner_hot_one():
+    instrs, labels = parse(_SASS)
+    assert len(instrs) == 19 and labels == {".L_x_0": 0x20, ".L_x_1": 0x50, ".L_x_2": 0x120}
+    loops = find_loops(instrs, labels)
+    assert [(lp.start, lp.end, lp.depth) for lp in loops] == [(0x50, 0xB0, 1), (0x20, 0xF0, 0)]  # BRA self: no loop
+    hot = hot_loop(loops)
+    assert (hot.start, hot.end) == (0x50, 0xB0)
+    c = count(hot.body)
+    assert (c["ffma"], c["hfma2"], c["fp32"], c["shfl"], c["int"], c["control"]) == (1, 1, 1, 1, 1, 1)
+    assert c["total"] == 6  # the NOP takes no issue slot here
+    assert c["fma_lanes"] == 32 + 64 and c["fmul_lanes"] == 32
+
+
+def test_count_global_loads_by_width_and_bytes():
+    instrs, labels = parse(_SASS)
+    outer = find_loops(instrs, labels)[1]
+    c = count(outer.body)
+    assert (c["ldg128"], c["ldg16"], c["ldg32"], c["ldg64"]) == (1, 1, 1, 0)
+    assert c["ldg_bytes"] == 32 * (16 + 2 + 4)
+    assert (c["lds"], c["bar"], c["lds_bytes"]) == (1, 1, 32 * 8)
+    assert load_width_bits(instrs[-3]) == 64  # STG.E.64
+    s = summarize(_SASS)
+    assert s.kernel_counts["stg"] == 1 and s.outside_hot == s.kernel_counts["total"] - 6
+
+
+def test_parse_rejects_text_without_sass():
+    with pytest.raises(ValueError, match="no SASS"):
+        parse("hello")
+    with pytest.raises(TypeError, match="sass"):
+        parse(b"bytes")
+
+
+# -- counting on compiled probe kernels --------------------------------------------------
+@linux_only
+def test_counting_on_probe_kernels_with_known_sass():
+    got = json.loads(_run(["-m", "tritonsparse.sass.probe"]).strip().splitlines()[-1])
+    fma = got["fma_chain"]
+    # ptxas unrolls the loop of four dependent FMAs by 4 and keeps a remainder loop
+    assert fma["loops"] == 2
+    hot = fma["hot"]
+    assert hot["ffma"] == 16 and hot["fma_lanes"] == 16 * 32
+    assert hot["ldg"] == hot["shfl"] == hot["bar"] == hot["fp32"] == hot["spill"] == 0
+    assert hot["total"] == 19  # 16 FFMA, the counter's add and compare, the branch
+    st = got["stream_sum"]
+    hot = st["hot"]
+    assert hot["ldg128"] == 4 and hot["ldg32"] == hot["ldg64"] == 0 and hot["ldg_bytes"] == 4 * 512
+    assert hot["fp32"] == 4 * hot["ldg128"] and hot["ffma"] == 0  # four FADD per 128-bit row slice
+    assert "stride:D" in st["spec"]  # the divisibility hint of the runtime's specialization
+    assert fma["usage"]["local"] == 0 and st["usage"]["stack"] == 0
+
+
+# -- the model -----------------------------------------------------------------------------
+def test_occupancy_limits():
+    h = M.H100_SXM
+    assert M.occupancy(h, regs=96, warps=4, shared=1024) == 5  # 96 regs: 12288 per CTA
+    assert M.occupancy(h, regs=32, warps=4, shared=0) == 16  # thread limit: 2048 / 128
+    assert M.occupancy(h, regs=255, warps=8, shared=0) == 1
+    assert M.occupancy(h, regs=32, warps=1, shared=0) == 32  # CTA limit
+    assert M.occupancy(h, regs=32, warps=4, shared=100 * 1024) == 2  # shared memory
+    with pytest.raises(ValueError, match="warps"):
+        M.occupancy(h, regs=32, warps=0, shared=0)
+
+
+def test_dense_time_and_lower_bound():
+    h = M.H100_SXM
+    fmas = 256 * 768 * 3072
+    t = M.dense_time(fmas, "fp32", 0, h)
+    assert t == pytest.approx(2 * fmas / 50e12 + h.launch_floor_s)
+    assert M.dense_time(fmas, "tf32", 0, h) < t
+    lb, which = M.lower_bound(fmas // 10, hbm_bytes=1e6, gather_bytes_per_fma=4, gpu=h)
+    assert which == "gather floor" and lb == pytest.approx(fmas // 10 * 4 / h.l1_bw)
+    assert h.ffma_flops == pytest.approx(66.9e12, rel=0.01)  # 132 SMs x 128 lanes x 2 x 1.98 GHz
+    with pytest.raises(ValueError, match="dtype"):
+        M.dense_time(fmas, "int8", 0, h)
+    with pytest.raises(ValueError, match="no constant"):
+        M.with_constants(h, l3_bw=1.0)
+    assert M.with_constants(h, l2_bw=7e12).l2_bw == 7e12
+
+
+def test_kernel_time_terms_follow_the_counts():
+    s = summarize(_SASS)
+    common = dict(regs=64, shared=0, warps=4, useful_fmas=132 * 4 * 128 * 96, hbm_bytes=0.0)
+    t = M.kernel_time(s, ctas=132 * 4, **common)
+    # 96 useful FMA lanes per warp per trip (FFMA + HFMA2; the FMUL is not an FMA), 4 warps per CTA
+    assert t.per_trip == 4 * 96 and t.trips == math.ceil(132 * 4 * 128 * 96 / (132 * 4 * t.per_trip))
+    t2 = M.kernel_time(s, ctas=132 * 8, **{**common, "useful_fmas": 2 * common["useful_fmas"]})
+    assert t2.terms["issue"] == pytest.approx(2 * t.terms["issue"], rel=0.02)
+    assert t.bound in t.terms and t.total == pytest.approx(max(t.terms.values()) + M.H100_SXM.launch_floor_s)
+    with pytest.raises(ValueError, match="ctas"):
+        M.kernel_time(s, ctas=0, **common)
+
+
+# -- problems and bad input ------------------------------------------------------------------
+def test_problem_validation_names_the_argument():
+    with pytest.raises(ValueError, match="role"):
+        Problem("bwd", 8, 8, 2, 4)
+    with pytest.raises(ValueError, match="dtype"):
+        Problem("fwd", 8, 8, 2, 4, dtype="fp8")
+    with pytest.raises(ValueError, match="index_dtype"):
+        Problem("fwd", 8, 8, 2, 4, index_dtype="uint8")
+    with pytest.raises(ValueError, match="batch"):
+        Problem("fwd", 8, 8, 2, 0)
+    with pytest.raises(ValueError, match="K=9"):
+        Problem("fwd", 8, 8, 9, 4)
+    with pytest.raises(ValueError, match="hw"):
+        Problem("conv_fwd", 8, 8, 9, 4)
+    p = Problem("fwd", 768, 3072, 77, 256)
+    assert p.useful_fmas == 256 * 3072 * 77 and p.dense_fmas == 256 * 768 * 3072
+
+
+def test_fake_pointer_rejects_bad_dtype():
+    from tritonsparse.sass.compile import FakePtr
+
+    with pytest.raises(ValueError, match="dtype"):
+        FakePtr("float33")
+    with pytest.raises(TypeError, match="dtype"):
+        FakePtr(3)
+    assert FakePtr("bf16", 4).data_ptr() % 16 == 4
+
+
+def test_readme_tables_from_a_csv(tmp_path):
+    from tritonsparse.sass import report as R
+
+    base = {k: "0" for k in R.COLUMNS}
+    rows = []
+    for role, t, dense in (("fwd", "10", "26"), ("dx", "12", "26"), ("dw", "14", "26")):
+        rows.append({**base, "problem": f"{role} 768->3072", "role": role, "in": "768", "out": "3072", "K": "77",
+                     "batch": "256", "dtype": "fp32", "index_dtype": "int32", "kernel": "_k", "config": "64,2,32",
+                     "warps": "4", "chosen": "1", "regs": "90", "occupancy": "5", "ffma": "32", "instr_per_fma": "3.2",
+                     "modeled_us": t, "modeled_op_us": t, "torch_ops": "", "torch_ops_us": "0", "bound": "issue", "modeled_dense_us": dense, "dense_kind": "fp32",
+                     "modeled_dense_tf32_us": "6", "lower_bound_us": "7", "lower_bound_kind": "gather floor"})
+    rows.append({**rows[0], "chosen": "0", "modeled_us": "99"})
+    path = tmp_path / "r.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=R.COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    text = R.readme_table(str(path))
+    assert "| fwd fp32 B=256 768→3072" in text and "2.60x SGEMM" in text and "| yes |" in text
+    assert "2.17x (36.0 vs 78.0 µs)" in text  # the training step: 3 x 26 over 10 + 12 + 14
+    assert "32 FFMA" in text and "99" not in text  # only the chosen config's row
+
+
+@linux_only
+def test_report_cli_smoke(tmp_path):
+    """The report runs end to end on a tiny problem (first pruned config of each launch)."""
+    path = tmp_path / "report.csv"
+    out = _run(["-m", "tritonsparse.sass", "--cases", "smoke", "--max-configs", "1", "--csv", str(path)])
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["role"] for r in rows} == {"fwd", "dx", "dw"}
+    for r in rows:
+        assert int(r["regs"]) > 0 and int(r["stack"]) == 0 and float(r["modeled_us"]) > 0
+        assert int(r["loop_instr"]) > 0 and int(r["trips"]) >= 1
+    assert "modeled kernel" in out
+    bad = subprocess.run([sys.executable, "-m", "tritonsparse.sass", "fwd", "--in", "8"], capture_output=True,
+                         text=True, env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
+    assert bad.returncode == 2 and "--batch" in bad.stderr

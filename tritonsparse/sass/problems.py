@@ -1,0 +1,203 @@
+"""Named problems for the SASS report: what the library would launch for one layer call.
+
+A :class:`Problem` names an op and its sizes (kernel role, in, out, K, batch, dtype,
+index dtype). :func:`launches` runs the library's public entry point on CPU tensors with
+every Triton launch intercepted (:func:`tritonsparse.sass.compile.capture_launches`), so
+the report sees exactly the kernels, arguments, grids and autotune prunes the library
+would use on a GPU, whatever the launchers do on the host. Roles:
+
+  * ``fwd``: ``condensed_matmul`` forward;
+  * ``dx`` / ``dw``: its backward with only x / only the values requiring grad;
+  * ``topk``: ``gradient_topk`` (``K`` is k, ``Kx`` the excluded columns per row);
+  * ``conv_fwd`` / ``conv_dw``: ``condensed_conv2d`` on a (batch, in, hw, hw) input with a
+    3x3 kernel, padding 1 (``in`` is channels; ``K`` the fan-in over C·3·3).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+ROLES = ("fwd", "dx", "dw", "topk", "conv_fwd", "conv_dw")
+_FLOAT = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_INDEX = {"int16": torch.int16, "int32": torch.int32, "int64": torch.int64}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One op call: ``role`` (see the module doc), sizes, float dtype, index dtype."""
+
+    role: str
+    in_features: int
+    out_features: int
+    K: int
+    batch: int
+    dtype: str = "fp32"
+    index_dtype: str = "int32"
+    Kx: int = 0  # topk: excluded columns per row
+    hw: int = 0  # conv: input height = width
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
+        if self.dtype not in _FLOAT:
+            raise ValueError(f"dtype must be one of {sorted(_FLOAT)}, got {self.dtype!r}")
+        if self.index_dtype not in _INDEX:
+            raise ValueError(f"index_dtype must be one of {sorted(_INDEX)}, got {self.index_dtype!r}")
+        for name in ("in_features", "out_features", "K", "batch"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        fan_in = self.in_features * (9 if self.role.startswith("conv") else 1)
+        if self.role != "topk" and self.K > fan_in:
+            raise ValueError(f"K={self.K} exceeds the fan-in {fan_in} of in_features={self.in_features}")
+        if self.role.startswith("conv") and self.hw < 1:
+            raise ValueError("hw (input height = width) must be >= 1 for a conv problem")
+
+    @property
+    def label(self) -> str:
+        core = f"{self.role} {self.in_features}->{self.out_features} K={self.K} B={self.batch} {self.dtype}/{self.index_dtype}"
+        if self.role == "topk":
+            core = f"topk {self.in_features}->{self.out_features} k={self.K} Kx={self.Kx} B={self.batch} {self.dtype}"
+        if self.role.startswith("conv"):
+            core += f" {self.hw}x{self.hw}"
+        return core
+
+    @property
+    def useful_fmas(self) -> int:
+        """Multiply-adds the op needs (the dense GEMM's for topk; per output pixel for conv)."""
+        if self.role == "topk":
+            return self.batch * self.in_features * self.out_features
+        if self.role.startswith("conv"):
+            return self.batch * self.hw * self.hw * self.out_features * self.K
+        return self.batch * self.out_features * self.K
+
+    @property
+    def dense_fmas(self) -> int:
+        """Multiply-adds of the dense op of the same shape."""
+        if self.role.startswith("conv"):
+            return self.batch * self.hw * self.hw * self.out_features * self.in_features * 9
+        return self.batch * self.in_features * self.out_features
+
+    def with_(self, **kw) -> "Problem":
+        return replace(self, **kw)
+
+
+def _pattern(n, fan_in, K, index_dtype, gen):
+    """A random constant fan-in pattern (sorted indices per row)."""
+    scores = torch.rand(n, fan_in, generator=gen)
+    idx = scores.topk(K, dim=1).indices.sort(dim=1).values
+    return idx.to(_INDEX[index_dtype])
+
+
+def _calls(p: Problem):
+    """``(prepare, forward, backward)`` closures that run the library entry point for ``p``
+    on CPU tensors: ``prepare()`` makes the leaves (outside the capture), ``forward(state)``
+    returns what ``backward(state)`` needs; ``backward`` is None for the forward roles."""
+    import tritonsparse
+
+    gen = torch.Generator().manual_seed(0)
+    dt = _FLOAT[p.dtype]
+    if p.role in ("fwd", "dx", "dw"):
+        idx = _pattern(p.out_features, p.in_features, p.K, p.index_dtype, gen)
+        vals = torch.randn(p.out_features, p.K, generator=gen).to(dt)
+        x = torch.randn(p.batch, p.in_features, generator=gen).to(dt)
+
+        def prepare():
+            xx = x.clone().requires_grad_(p.role == "dx")
+            vv = vals.clone().requires_grad_(p.role == "dw")
+            return xx, vv, torch.ones(p.batch, p.out_features, dtype=dt)
+
+        def forward(state):
+            xx, vv, g = state
+            with torch.set_grad_enabled(p.role != "fwd"):
+                return tritonsparse.condensed_matmul(xx, vv, idx), g
+
+        def backward(state):
+            y, g = state
+            y.backward(g)
+
+        return prepare, forward, (backward if p.role != "fwd" else None)
+    if p.role == "topk":
+        from ..kernels import gradient_topk as gk
+
+        x = torch.randn(p.batch, p.in_features, generator=gen).to(dt)
+        go = torch.randn(p.batch, p.out_features, generator=gen).to(dt)
+        ex = _pattern(p.out_features, p.in_features, p.Kx, "int32", gen) if p.Kx else None
+
+        def forward(state):
+            # the launcher, not the public op: on CPU tensors the public op switches to the
+            # interpreter's precision; on a GPU it passes "tf32" for fp32
+            scores = torch.empty(p.out_features, p.K, dtype=torch.float32)
+            indices = torch.empty(p.out_features, p.K, dtype=torch.int64)
+            gk.gradient_topk(x, go, p.K, ex, scores, indices, precision="tf32" if p.dtype == "fp32" else "ieee")
+
+        return (lambda: None), forward, None
+    from ..conv_ops import condensed_conv2d
+
+    idx = _pattern(p.out_features, p.in_features * 9, p.K, p.index_dtype, gen)
+    vals = torch.randn(p.out_features, p.K, generator=gen).to(dt)
+    x = torch.randn(p.batch, p.in_features, p.hw, p.hw, generator=gen).to(dt)
+
+    def prepare():
+        vv = vals.clone().requires_grad_(p.role == "conv_dw")
+        return vv, torch.ones(p.batch, p.out_features, p.hw, p.hw, dtype=dt)
+
+    def forward(state):
+        vv, g = state
+        with torch.set_grad_enabled(p.role != "conv_fwd"):
+            return condensed_conv2d(x, vv, idx, None, (3, 3), (1, 1), (1, 1), (1, 1)), g
+
+    def backward(state):
+        y, g = state
+        y.backward(g)
+
+    return prepare, forward, (backward if p.role != "conv_fwd" else None)
+
+
+def capture(p: Problem):
+    """``(launches, torch_ops)``: the Triton launches (:class:`~tritonsparse.sass.compile.Launch`)
+    and the data-moving PyTorch operators (:class:`~tritonsparse.sass.compile.TorchOp`) the
+    library runs for ``p``, in order (for the backward roles, those of the backward only),
+    in the steady state: a first call, not recorded, fills the caches of the index pattern
+    (e.g. the transposed structure dX uses), as in training between mask updates."""
+    from .compile import intercept_launches
+
+    if not isinstance(p, Problem):
+        raise TypeError(f"p must be a Problem, got {type(p).__name__}")
+    prepare, forward, backward = _calls(p)
+    for warm in (True, False):  # the first call fills the per-pattern caches; steady state is the second
+        leaves = prepare()
+        ops: list = []
+        with intercept_launches(ops) as got:
+            state = forward(leaves)
+            n_launch, n_ops = len(got), len(ops)
+            if backward is not None:
+                backward(state)
+        if not warm:
+            if backward is None:
+                return list(got), list(ops)
+            return list(got[n_launch:]), list(ops[n_ops:])
+
+
+def launches(p: Problem):
+    """The Triton launches the library makes for ``p`` (see :func:`capture`)."""
+    return capture(p)[0]
+
+
+# The ViT-B MLP layers at 90% sparsity (SRigL's constant fan-in) and the Llama-3-8B MLP
+# shapes of issue 8.
+VIT_FC1 = dict(in_features=768, out_features=3072, K=77)
+VIT_FC2 = dict(in_features=3072, out_features=768, K=307)
+LLAMA_UP = dict(in_features=4096, out_features=14336, K=410)
+LLAMA_DOWN = dict(in_features=14336, out_features=4096, K=1434)
+
+# What the AOT check takes the runtime's int arguments from (one launch per kernel).
+REPRESENTATIVE = (
+    Problem("fwd", batch=256, **VIT_FC1),
+    Problem("dx", batch=256, **VIT_FC1),
+    Problem("dw", batch=256, **VIT_FC1),
+    Problem("topk", 768, 3072, 8, 256, Kx=77),
+    Problem("conv_fwd", 64, 64, 58, 8, hw=16),
+    Problem("conv_dw", 64, 64, 58, 8, hw=16),
+)
