@@ -36,6 +36,7 @@ class Problem:
     index_dtype: str = "int32"
     Kx: int = 0  # topk: excluded columns per row
     hw: int = 0  # conv: input height = width
+    G: int = 1  # fwd/dx/dw: rows sharing one index row (group-shared pattern, gather-MMA kernels)
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -51,6 +52,8 @@ class Problem:
         fan_in = self.in_features * (9 if self.role.startswith("conv") else 1)
         if self.role != "topk" and self.K > fan_in:
             raise ValueError(f"K={self.K} exceeds the fan-in {fan_in} of in_features={self.in_features}")
+        if self.G != 1 and (self.role not in ("fwd", "dx", "dw") or self.G < 1 or self.out_features % self.G):
+            raise ValueError(f"G={self.G} needs role fwd/dx/dw and out_features divisible by G")
         if self.role.startswith("conv") and self.hw < 1:
             raise ValueError("hw (input height = width) must be >= 1 for a conv problem")
 
@@ -61,6 +64,8 @@ class Problem:
             core = f"topk {self.in_features}->{self.out_features} k={self.K} Kx={self.Kx} B={self.batch} {self.dtype}"
         if self.role.startswith("conv"):
             core += f" {self.hw}x{self.hw}"
+        if self.G > 1:
+            core += f" G={self.G}"
         return core
 
     @property
@@ -99,8 +104,12 @@ def _calls(p: Problem):
     gen = torch.Generator().manual_seed(0)
     dt = _FLOAT[p.dtype]
     if p.role in ("fwd", "dx", "dw"):
-        idx = _pattern(p.out_features, p.in_features, p.K, p.index_dtype, gen)
+        from ..formats import pad_fan_in
+
+        idx = _pattern(p.out_features // p.G, p.in_features, p.K, p.index_dtype, gen)
         vals = torch.randn(p.out_features, p.K, generator=gen).to(dt)
+        if p.G > 1:  # the group format's storage: rows padded to 16 slots
+            idx, vals = pad_fan_in(idx), pad_fan_in(vals)
         x = torch.randn(p.batch, p.in_features, generator=gen).to(dt)
 
         def prepare():
