@@ -258,3 +258,20 @@ def test_condensed_linear_groups(monkeypatch):
     from_cw = CondensedLinear.from_condensed(layer.condensed_weight())
     assert from_cw.group_size == 4
     torch.testing.assert_close(from_cw.to_dense_weight(), dense)
+
+
+@pytest.mark.skipif(not _triton.interpreting(), reason="kernels on CPU need TRITON_INTERPRET=1")
+def test_forward_launcher_layouts():
+    """The forward kernel reads x batch-major (xT) or row-major, and writes y or yT (n, B)."""
+    from tritonsparse.kernels.group_mma import group_fwd
+
+    x, values, idx, bias = _problem(9, 30, 16, 8, 11, torch.float32)
+    ref = reference_outputs(x, values, expand_group_indices(idx, 8), bias, torch.zeros(9, 16))[0]
+    for batch_major in (True, False):
+        xin = x.t().contiguous() if batch_major else x
+        yt = torch.full((16, 9), float("nan"))
+        group_fwd(xin, values, idx, bias, yt, x_batch_major=batch_major, out_transposed=True)
+        assert_close(yt.t(), ref, torch.float32, 11, "yT")
+        y = torch.full((9, 16), float("nan"))
+        group_fwd(xin, values, idx, bias, y, x_batch_major=batch_major)
+        assert_close(y, ref, torch.float32, 11, "y")
