@@ -127,3 +127,20 @@ def test_trainer_group_size_and_sparse_wide(tmp_path):
     with pytest.raises(ValueError, match="does not divide out_features=4"):
         sparse_ift(nn.Sequential(nn.Linear(8, 4)), "none", 0.5, dense_modules=(), group_size=8)
     assert main(["--group-size", "4", "--method", "rigl", "--out", str(tmp_path / "x")]) == 2  # one-line error
+
+
+def test_export_of_a_group_layer_with_ablated_groups():
+    """export() removes ablated groups and their inputs downstream; the exported model is
+    per-row (G = 1) and computes the same function."""
+    from tritonsparse import export
+    from tritonsparse.models.mlp import MLP
+
+    torch.manual_seed(0)
+    model = sparsify(MLP(64, 10, hidden=(64, 64, 64)), 0.8, "srigl", dense_modules=("stem", "head"), group_size=16)
+    layer = model.hidden[0]
+    keep = torch.arange(16, 64)  # ablate the first group
+    vals = layer.weight_values.detach()[16:].clone()
+    layer.set_pattern(vals, layer.weight_indices[1:].clone(), keep)
+    x = torch.randn(5, 1, 8, 8)
+    small = export(model.eval())
+    torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-5)

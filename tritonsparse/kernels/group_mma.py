@@ -324,11 +324,24 @@ def group_dx(gy, values, indices, in_features, transposed, *, atomic: bool = Fal
 
 
 def _aot_specs():
-    """(autotuner, signature, constexprs) for the ahead-of-time compile check: the
+    """(autotuner, signature, constexprs, values) for the ahead-of-time compile check: the
     tensor-core spaces for bf16 (int16 indices) and fp32-as-TF32 (int32 indices), the IEEE
     fp32 spaces, and the column reduction. fp16 builds the same code as bf16 with another
-    MMA type and is left out to keep the check's compile time down."""
+    MMA type and is left out to keep the check's compile time down. ``values`` are the ints
+    of a representative launch (Llama 4096->14336 at 90%, G=64, batch 256, K=410 stored
+    in rows of 416), so the build gets the runtime's specialization (unit strides become
+    constants, strides divisible by 16 get the divisibility hint)."""
     ints = ("B", "G", "K", "in_features", "k_bucket", "b_bucket")
+    B, n, G, K, KP, IN = 256, 14336, 64, 410, 416, 4096
+    common = {"B": B, "G": G, "K": K, "in_features": IN, "k_bucket": 512, "b_bucket": B}
+    fwd_vals = {**common, "stride_x_i": B, "stride_x_b": 1, "stride_v_n": KP, "stride_i_g": KP,
+                "stride_y_n": 1, "stride_y_b": n}
+    dw_vals = {**common, "stride_x_i": B, "stride_x_b": 1, "stride_gy_n": 1, "stride_gy_b": n, "stride_i_g": KP,
+               "stride_dv_n": KP}
+    dx_vals = {False: {**common, "stride_gy_n": 1, "stride_gy_b": n, "stride_v_n": KP, "stride_i_g": KP,
+                       "stride_o_r": B, "stride_o_b": 1},
+               True: {**common, "stride_gy_n": 1, "stride_gy_b": n, "stride_v_n": KP, "stride_i_g": KP,
+                      "stride_o_r": 1, "stride_o_b": IN}}
 
     def sig(ptrs, strides):
         return {**ptrs, **{k: "i32" for k in ints + strides}}
@@ -339,18 +352,19 @@ def _aot_specs():
         specs.append((_FWD[which], sig({"x_ptr": f"*{dt}", "v_ptr": f"*{dt}", "idx_ptr": f"*{it}", "bias_ptr": f"*{dt}",
                                         "y_ptr": f"*{dt}"},
                                        ("stride_x_i", "stride_x_b", "stride_v_n", "stride_i_g", "stride_y_n", "stride_y_b")),
-                      {**const, "HAS_BIAS": True}))
+                      {**const, "HAS_BIAS": True}, fwd_vals))
         specs.append((_DW[which], sig({"x_ptr": f"*{dt}", "gy_ptr": f"*{dt}", "idx_ptr": f"*{it}", "dv_ptr": f"*{dt}"},
                                       ("stride_x_i", "stride_x_b", "stride_gy_n", "stride_gy_b", "stride_i_g", "stride_dv_n")),
-                      const))
+                      const, dw_vals))
         for atomic in (False, True):
             specs.append((_DX[which], sig({"gy_ptr": f"*{dt}", "v_ptr": f"*{dt}", "idx_ptr": f"*{it}", "out_ptr": "*fp32"},
                                           ("stride_gy_n", "stride_gy_b", "stride_v_n", "stride_i_g", "stride_o_r", "stride_o_b")),
-                          {**const, "ATOMIC": atomic}))
+                          {**const, "ATOMIC": atomic}, dx_vals[atomic]))
+    red_vals = {"B": B, "b_bucket": B, "stride_ws_r": B, "stride_dx_b": IN, "stride_dx_i": 1}
     for dt in ("fp32", "bf16"):
         specs.append((_column_reduce_kernel, {"ws_ptr": "*fp32", "crow_ptr": "*i32", "perm_ptr": "*i64", "dx_ptr": f"*{dt}",
                                               **{k: "i32" for k in ("B", "b_bucket", "stride_ws_r", "stride_dx_b", "stride_dx_i")}},
-                      {}))
+                      {}, red_vals))
     return specs
 
 
