@@ -125,6 +125,15 @@ def test_leading_dims_and_empty(monkeypatch):
     assert group_condensed_matmul(x[:0], values, idx, bias).shape == (0, 8)
 
 
+def test_autocast_and_meta(monkeypatch):
+    monkeypatch.setenv("TRITONSPARSE_BACKEND", "torch")
+    x, values, idx, bias = _problem(4, 20, 8, 4, 5, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert tritonsparse.condensed_matmul(x, values, idx, bias).dtype == torch.bfloat16
+    meta = tritonsparse.condensed_matmul(x.to("meta"), values.to("meta"), idx.to("meta"))
+    assert meta.device.type == "meta" and meta.shape == (4, 8)
+
+
 def test_torch_compile_traces_the_group_op(monkeypatch):
     monkeypatch.setenv("TRITONSPARSE_BACKEND", "torch")
     x, values, idx, bias = _problem(4, 16, 8, 4, 5, torch.float32)

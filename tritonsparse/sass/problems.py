@@ -37,6 +37,7 @@ class Problem:
     Kx: int = 0  # topk: excluded columns per row
     hw: int = 0  # conv: input height = width
     G: int = 1  # fwd/dx/dw: rows sharing one index row (group-shared pattern, gather-MMA kernels)
+    dx_mode: str = "deterministic"  # G > 1: the group dX mode ("deterministic" or "atomic")
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -54,6 +55,8 @@ class Problem:
             raise ValueError(f"K={self.K} exceeds the fan-in {fan_in} of in_features={self.in_features}")
         if self.G != 1 and (self.role not in ("fwd", "dx", "dw") or self.G < 1 or self.out_features % self.G):
             raise ValueError(f"G={self.G} needs role fwd/dx/dw and out_features divisible by G")
+        if self.dx_mode not in ("deterministic", "atomic"):
+            raise ValueError(f"dx_mode must be 'deterministic' or 'atomic', got {self.dx_mode!r}")
         if self.role.startswith("conv") and self.hw < 1:
             raise ValueError("hw (input height = width) must be >= 1 for a conv problem")
 
@@ -65,7 +68,7 @@ class Problem:
         if self.role.startswith("conv"):
             core += f" {self.hw}x{self.hw}"
         if self.G > 1:
-            core += f" G={self.G}"
+            core += f" G={self.G}" + (" atomic" if self.dx_mode == "atomic" and self.role == "dx" else "")
         return core
 
     @property
@@ -114,12 +117,16 @@ def _calls(p: Problem):
 
         def prepare():
             xx = x.clone().requires_grad_(p.role == "dx")
-            vv = vals.clone().requires_grad_(p.role == "dw")
-            return xx, vv, torch.ones(p.batch, p.out_features, dtype=dt)
+            vv = pad_fan_in(vals.clone()) if p.G > 1 else vals.clone()  # clone() drops the padding
+            return xx, vv.requires_grad_(p.role == "dw"), torch.ones(p.batch, p.out_features, dtype=dt)
 
         def forward(state):
             xx, vv, g = state
             with torch.set_grad_enabled(p.role != "fwd"):
+                if p.G > 1:
+                    from ..group_ops import group_condensed_matmul
+
+                    return group_condensed_matmul(xx, vv, idx, dx_mode=p.dx_mode), g
                 return tritonsparse.condensed_matmul(xx, vv, idx), g
 
         def backward(state):

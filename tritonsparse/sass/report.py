@@ -222,12 +222,14 @@ def issue8_cases() -> list[Problem]:
 
 def group_cases() -> list[Problem]:
     """Issue 13's targets: the group-shared (G=64) gather-MMA kernels, bf16, 90% sparse, on
-    the Llama-3-8B MLP (forward, dX, dValues) and the ViT-B MLP (forward), batch 256 and 4096."""
+    the Llama-3-8B MLP (forward, dX in both modes, dValues) and the ViT-B MLP (forward),
+    batch 256 and 4096."""
     cases = []
     for batch in (256, 4096):
         for shape in (LLAMA_UP, LLAMA_DOWN):
             for role in ("fwd", "dx", "dw"):
                 cases.append(Problem(role, batch=batch, dtype="bf16", index_dtype="int16", G=64, **shape))
+            cases.append(Problem("dx", batch=batch, dtype="bf16", index_dtype="int16", G=64, dx_mode="atomic", **shape))
         for shape in (VIT_FC1, VIT_FC2):
             cases.append(Problem("fwd", batch=batch, dtype="bf16", index_dtype="int16", G=64, **shape))
     return cases
