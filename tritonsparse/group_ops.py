@@ -17,7 +17,6 @@ import torch
 
 from ._structure import Pattern, pattern_for
 from ._triton import backend_for
-from .ops import _empty_product
 from ._validate import FLOAT_DTYPES, INDEX_DTYPES, check_same_device, check_tensor, is_symbolic
 
 __all__ = ["expand_group_indices", "group_condensed_matmul", "group_size_of"]
@@ -109,7 +108,7 @@ def _forward(x2, values, indices, bias, pattern, tf32):
     """(y, xT or x2, transposed?)."""
     pattern.check_range(indices)
     batch, (n, k) = x2.shape[0], values.shape
-    if _empty_product(batch, n, k):
+    if 0 in (batch, n, k):  # nothing to gather: no kernel is launched
         y = x2.new_zeros(batch, n)
         return (y if bias is None else y + bias), x2, False
     if backend_for(x2.device) == "torch":
@@ -127,7 +126,7 @@ def _backward(grad2, x_saved, transposed, values, indices, need_x, need_values, 
     in_features = x_saved.shape[0] if transposed else x_saved.shape[1]
     batch = grad2.shape[0]
     gx = gv = x_saved.new_empty(0)
-    if _empty_product(batch, *values.shape):  # zeros where asked for, else the empty placeholder
+    if 0 in (batch, *values.shape):  # zeros where asked for, else the empty placeholder
         return (grad2.new_zeros(batch, in_features) if need_x else gx,
                 values.new_zeros(values.shape) if need_values else gv)
     pattern.check_range(indices)
