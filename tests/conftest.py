@@ -21,5 +21,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_threads():
+    """Seed every test, and restore the thread count a test may change: results that
+    are compared bit for bit (exact resume) depend on it, and xdist runs many tests in
+    one process."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

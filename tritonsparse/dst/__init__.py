@@ -12,8 +12,8 @@ from .distribution import erk_densities, layer_densities, uniform_densities
 from .masked import MaskedConv2d, MaskedLinear
 from .schedule import UpdateSchedule, drop_fraction
 from .sparsify import METHODS, sparse_layers, sparsify
-from .updates import condensed_update, masked_update, move_optimizer_state
+from .updates import NonFiniteError, condensed_update, masked_update, move_optimizer_state, salient_gradient_positions
 
-__all__ = ["DynamicSparsity", "METHODS", "MaskedConv2d", "MaskedLinear", "UpdateSchedule", "condensed_update",
-           "drop_fraction", "erk_densities", "layer_densities", "masked_update", "move_optimizer_state",
-           "sparse_layers", "sparsify", "uniform_densities"]
+__all__ = ["DynamicSparsity", "METHODS", "MaskedConv2d", "MaskedLinear", "NonFiniteError", "UpdateSchedule",
+           "condensed_update", "drop_fraction", "erk_densities", "layer_densities", "masked_update",
+           "move_optimizer_state", "salient_gradient_positions", "sparse_layers", "sparsify", "uniform_densities"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .updates import condensed_update, move_optimizer_state
+from .updates import _check_finite, condensed_update, move_optimizer_state
 
 _CHUNK_ELEMS = 1 << 22
 
@@ -47,17 +47,21 @@ def group_gradient_scores(x: torch.Tensor, grad_output: torch.Tensor, group_size
 
 
 def group_gradient_candidates(x: torch.Tensor, grad_output: torch.Tensor, group_size: int):
-    """``candidates(k, exclude)`` over groups for :func:`condensed_update`: per group the
-    ``k`` columns with the largest group-summed |dL/dW|, best first, ties to the smaller
-    column; excluded columns (``exclude`` (n_groups, Kx), -1 ignored) are skipped; a
-    group with fewer allowed columns is padded with column -1 and score -inf."""
+    """``candidates(k, exclude, rows=None)`` over groups for :func:`condensed_update`: per
+    group the ``k`` columns with the largest group-summed |dL/dW|, best first, ties to the
+    smaller column; excluded columns (``exclude`` (n_groups, Kx), -1 ignored) are skipped;
+    ``rows`` restricts the answer to those groups; a group with fewer allowed columns is
+    padded with column -1 and score -inf. Raises ``NonFiniteError`` on NaN/inf inputs."""
+    _check_finite("the captured layer inputs / output gradients", x, grad_output)
 
-    def candidates(k, exclude):
-        scores = group_gradient_scores(x, grad_output, group_size)
+    def candidates(k, exclude, rows=None):
+        scores = group_gradient_scores(x, grad_output, group_size, rows)
+        if rows is not None and exclude is not None:
+            exclude = exclude[rows]
         if exclude is not None and exclude.numel():
             keep = exclude >= 0
-            rows = torch.arange(scores.shape[0], device=scores.device)[:, None].expand_as(exclude)
-            scores[rows[keep], exclude[keep].long()] = -float("inf")
+            r = torch.arange(scores.shape[0], device=scores.device)[:, None].expand_as(exclude)
+            scores[r[keep], exclude[keep].long()] = -float("inf")
         order = torch.sort(-scores, dim=1, stable=True).indices[:, :k]
         top = scores.gather(1, order)
         return top, torch.where(top == -float("inf"), torch.full_like(order, -1), order)
@@ -96,7 +100,16 @@ def group_update(layer, optimizer, drop_frac: float, candidates, gamma_sal: floa
     :func:`condensed_update`, in weights and rows of the real layer."""
     g = layer.group_size
     view = _GroupLayer(layer)
-    stats = condensed_update(view, None, drop_frac, candidates, gamma_sal)
+
+    def group_candidates(k, exclude, rows=None):
+        scores, cols = candidates(k, exclude, rows)
+        want = view.out_features if rows is None else rows.numel()
+        if cols.shape[0] != want:
+            raise ValueError(f"group_update: candidates gave {cols.shape[0]} rows, expected one per group ({want}); "
+                             "score groups (group_gradient_candidates), not rows")
+        return scores, cols
+
+    stats = condensed_update(view, None, drop_frac, group_candidates, gamma_sal)
     src_slot, cols, act_groups = view.result  # (new groups, K_new): old group slot or -1
     k_old, k_new = layer.fan_in, cols.shape[1]
     dev = layer.values.device

@@ -58,66 +58,203 @@ def move_optimizer_state(optimizer, param: torch.Tensor, src: torch.Tensor | Non
                 t.mul_(keep.to(t.dtype))
 
 
+class NonFiniteError(ValueError):
+    """The gradients or weights of a layer hold NaN or inf at an update step: the update
+    is refused before anything changes (:class:`~tritonsparse.dst.DynamicSparsity`
+    catches it, keeps the pattern and counts the skip)."""
+
+
+def _check_finite(what: str, *tensors):
+    for t in tensors:
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise NonFiniteError(f"{what} hold NaN or inf")
+
+
 def _keys(rows: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
     return rows.long() * width + cols.long()
 
 
+def salient_gradient_positions(candidates, out_features: int, in_features: int, n: int, first=None) -> torch.Tensor:
+    """Flat keys ``row * in_features + col`` of the exact layer-wide top ``n`` of
+    ``|dL/dW|`` over all ``out_features x in_features`` positions, without the dense
+    gradient; ties are broken by flat (row-major) position.
+
+    ``candidates(k, exclude, rows)`` gives each row's top-k (best first, equal scores by
+    ascending column, as :func:`~tritonsparse.gradient_topk`), for the given ``rows``
+    only. Let τ be the n-th largest score among the candidates held so far. A row whose
+    last candidate scores below τ holds every one of its positions at or above τ, so
+    once that is true of every row τ is the exact layer-wide n-th largest score and the
+    top ``n`` are all among the candidates. Rows for which it is not true (a row holding
+    more than its share of the layer-wide top, or ties at τ) get lists twice as long,
+    until it is. Scores are ``|.|`` (>= 0): when τ = 0, a row whose list ends at 0 is
+    all zeros past it, and those zeros are ties counted without listing them.
+
+    ``first`` = ``(scores, cols)`` of an earlier ``candidates(m, None, None)`` call to
+    start from. Returns an int64 tensor of ``n`` keys, ascending.
+    """
+    if n <= 0:
+        return torch.empty(0, dtype=torch.long)
+    if first is None:
+        first = candidates(min(in_features, 2), None, None)
+    s, c = first
+    s, c = s.clone(), c.clone()
+    dev = s.device
+    m = torch.full((out_features,), s.shape[1], dtype=torch.long, device=dev)  # listed columns per row
+    rows_all = torch.arange(out_features, device=dev)
+    while True:
+        valid = c >= 0
+        flat = s[valid]
+        last = s[rows_all, (m - 1).clamp_min(0)]
+        open_ = m < in_features
+        if flat.numel() >= n:
+            tau = flat.topk(n).values[-1]
+            need = open_ & ((last > tau) | ((last == tau) & (tau > 0)))
+        else:  # fewer candidates than n: every open row must list more
+            tau, need = None, open_
+            if not bool(need.any()):
+                raise ValueError(f"n={n} is more than the layer's {flat.numel()} positions")
+        if not bool(need.any()):
+            break
+        rows = need.nonzero().flatten()
+        k = min(in_features, 2 * int(m[rows].max()))
+        s2, c2 = candidates(k, None, rows)
+        if k > s.shape[1]:
+            pad = k - s.shape[1]
+            s = torch.cat([s, torch.full((out_features, pad), float("-inf"), device=dev)], 1)
+            c = torch.cat([c, torch.full((out_features, pad), -1, dtype=c.dtype, device=dev)], 1)
+        s[rows], c[rows] = float("-inf"), -1
+        s[rows, :k], c[rows, :k] = s2.to(s.dtype), c2.to(c.dtype)
+        m[rows] = k
+
+    valid = c >= 0
+    gt = valid & (s > tau)
+    eq = valid & (s == tau)
+    quota = n - int(gt.sum())
+    implicit = (m < in_features) & bool(tau == 0)  # unlisted zeros: ties at τ = 0
+    ties = eq.sum(1) + torch.where(implicit, in_features - m, torch.zeros_like(m))
+    take = (quota - (torch.cumsum(ties, 0) - ties)).clamp(min=0)
+    take = torch.minimum(take, ties)  # ties taken by each row, in row order
+    dense_rows = (take > 0) & implicit
+    # explicit ties, ascending column within a row (the candidates' order for equal scores)
+    pick = gt | (eq & (torch.cumsum(eq, 1) <= take[:, None]) & ~dense_rows[:, None])
+    keys = [_keys(rows_all[:, None].expand_as(c)[pick], c[pick], in_features)]
+    if bool(dense_rows.any()):  # rows whose ties include unlisted zeros: their tie columns, densely
+        r = dense_rows.nonzero().flatten()
+        zero = torch.ones(r.numel(), in_features + 1, dtype=torch.bool, device=dev)
+        pos = valid[r] & (s[r] > 0)
+        zero.scatter_(1, torch.where(pos, c[r], in_features).long(), False)
+        zero = zero[:, :in_features]
+        chosen = zero & (torch.cumsum(zero, 1) <= take[r][:, None])
+        keys.append(_keys(r[:, None].expand_as(chosen)[chosen], torch.arange(in_features, device=dev).expand_as(chosen)[chosen], in_features))
+    out = torch.cat(keys).sort().values
+    if out.numel() != n:
+        raise RuntimeError(f"salient set has {out.numel()} positions, expected {n} (internal error)")
+    return out
+
+
+def _ablation(count: torch.Tensor, threshold: int, min_neurons: int):
+    """Surviving rows (ascending) given per-row salient counts: rows with fewer than
+    ``threshold`` salient weights are ablated, but the threshold is first lowered to the
+    count of the (min_neurons + 1)-th best row, so that row and every row tied with it
+    survive (with a count of 0 nothing is ablated). Returns (rows, threshold used).
+
+    The reference indexes the (min_neurons + 1)-th row without a bound check; a layer
+    whose budget could hold every row dense (min_neurons >= rows) ablates nothing here."""
+    ranked = count.sort(descending=True).values
+    floor_count = int(ranked[min(min_neurons, count.numel() - 1)])
+    threshold = min(threshold, floor_count)
+    return (count >= threshold).nonzero().flatten(), threshold
+
+
 @torch.no_grad()
 def condensed_update(layer, optimizer, drop_frac: float, candidates, gamma_sal: float | None):
-    """Prune and regrow one :class:`~tritonsparse.nn.CondensedLinear` (or conv) in place.
+    """Prune and regrow one :class:`~tritonsparse.nn.CondensedLinear` (or conv) in place,
+    with the rules of the SRigL authors' ``RigLConstFanScheduler`` (calgaryml/condensed-sparsity,
+    ``use_sparse_const_fan_in_for_ablation=True``, the configuration of the paper).
+
+    With nnz active weights, B the layer's budget (its flat capacity) and K0 = B // out
+    the fan-in it started with:
+
+    1. n_prune = floor(α_t · nnz), n_keep = nnz - n_prune.
+    2. Ablation (``gamma_sal`` given). A weight position is salient if it is among the
+       layer-wide top n_keep active magnitudes or among the layer-wide top n_prune
+       |dL/dW| over *all* out x in positions (active ones included; found exactly,
+       without the dense gradient, by :func:`salient_gradient_positions`). A neuron
+       with fewer than ``max(1, int(γ_sal · K0))`` salient positions is ablated; K0 is
+       fixed, so ablation does not raise its own threshold. To keep at least
+       B // in + 1 neurons, the threshold is first lowered to the salient count of the
+       (B // in + 1)-th best neuron: every neuron tied with it survives, and if that
+       count is 0 nothing is ablated. An ablated neuron with salient gradients can
+       come back. New fan-in K = B // surviving neurons (<= in by construction).
+    3. Kept set: the top n_keep active magnitudes among the surviving neurons (taken
+       again after ablation, so weights of a surviving neuron that would have been
+       dropped can stay), then each neuron keeps at most K of them, its largest.
+    4. Regrowth: each surviving neuron refills to exactly K from its largest |dL/dW|
+       (from ``candidates``) among positions it did not keep (a just-dropped position
+       can come back).
+
+    Where the package deliberately differs from that code (its behaviour is wrong there):
+    a neuron with more than K kept weights keeps its largest (the reference sorts a
+    boolean row and keeps its lowest columns); a position dropped and regrown in the
+    same update starts again at zero value and zero optimizer state (the reference
+    keeps its old value and momentum); every per-element optimizer state (Adam's
+    ``exp_avg``/``exp_avg_sq`` included) moves with its weight (the reference leaves
+    them stale); active weights are told apart from inactive ones by the pattern, not
+    by a nonzero value (the reference counts a zero-valued active weight as inactive
+    and an inactive zero as keepable). Equal scores are ranked by position (stable).
 
     Args:
         layer: the condensed layer; its budget is its flat capacity B.
         optimizer: optimizer holding ``layer.values`` (its state moves with the weights).
-        drop_frac: α_t; n_prune = floor(α_t · nnz).
-        candidates: ``candidates(k, exclude)`` -> (scores, cols), each (out, k), per row
-            best first (``gradient_topk`` for SRigL, random scores for SET).
-        gamma_sal: ablation threshold γ_sal (a neuron with fewer than γ_sal·K salient
-            weights is ablated), or None for no ablation (SET, or protected layers).
+        drop_frac: α_t.
+        candidates: ``candidates(k, exclude, rows=None)`` -> (scores, cols), each
+            (rows, k), per row best first (:func:`gradient_candidates` for SRigL,
+            :func:`random_candidates` for SET).
+        gamma_sal: ablation threshold γ_sal in (0, 1], or None for no ablation (SET,
+            protected layers).
 
-    Returns a dict of what happened (counts), for logging.
+    Returns a dict of counts, for logging. Raises :class:`NonFiniteError` (nothing
+    changed) if the weights or the candidate scores hold NaN or inf.
     """
     out_f, in_f, budget = layer.out_features, layer.in_features, layer.capacity
     k_old, act_old = layer.fan_in, layer.active_rows
     dev = layer.values.device
     vals = layer.weight_values.detach()
+    _check_finite("the weights", vals)
     cols_old = layer.weight_indices.long()
     n_a = act_old.numel()
     nnz = n_a * k_old
     n_prune = int(math.floor(drop_frac * nnz))
     n_keep = nnz - n_prune
-    mag_keep = _top_mask(vals.abs(), n_keep)  # layer-wide magnitude salient / kept (n_a, K)
 
-    k1 = min(in_f, 2 * k_old)
-    cand_s, cand_c = candidates(k1, None)
-    all_rows = torch.arange(out_f, device=dev)
+    m0 = min(in_f, 2 * k_old)
+    cand_s, cand_c = candidates(m0, None)
+    if bool(torch.isnan(cand_s).any()) or bool((cand_s == float("inf")).any()):
+        raise NonFiniteError("the gradient scores hold NaN or inf")
+    threshold = None
 
-    # -- ablation: per-neuron count of salient weights ---------------------------------
+    # -- ablation (D1-D4 of issue 9) ---------------------------------------------------
     if gamma_sal is not None:
-        # layer-wide top n_prune by |grad| over all positions; a row never counts more
-        # than K (its top-K candidates), so the per-row top-K lists are enough.
-        top_k = cand_s[:, :k_old]
-        g_sal = _top_mask(torch.where(cand_c[:, :k_old] >= 0, top_k, -1.0), n_prune)
-        g_rows = all_rows[:, None].expand_as(g_sal)[g_sal]
-        g_keys = _keys(g_rows, cand_c[:, :k_old][g_sal], in_f)
+        mag_keep = _top_mask(vals.abs(), n_keep)  # layer-wide magnitude salient set
+        g_keys = salient_gradient_positions(candidates, out_f, in_f, n_prune, first=(cand_s, cand_c)).to(dev)
         m_rows = act_old[:, None].expand_as(mag_keep)[mag_keep]
         m_keys = _keys(m_rows, cols_old[mag_keep], in_f)
-        both = g_rows[torch.isin(g_keys, m_keys)]
+        g_rows = g_keys // in_f
+        both = m_rows[torch.isin(m_keys, g_keys)]
         count = (torch.bincount(m_rows, minlength=out_f) + torch.bincount(g_rows, minlength=out_f)
                  - torch.bincount(both, minlength=out_f))
-        n_salient = int((count >= gamma_sal * k_old).sum())
-        n_new = min(out_f, max(n_salient, -(-budget // in_f), 1))
-        order = torch.sort(count, descending=True, stable=True).indices
-        act_new = order[:n_new].sort().values
+        k0 = budget // out_f
+        act_new, threshold = _ablation(count, max(1, int(gamma_sal * k0)), budget // in_f)
     else:
         act_new = act_old
     n_new = act_new.numel()
     k_new = min(in_f, budget // n_new)
 
-    # -- prune: layer-wide magnitude, then each surviving row keeps its K_new largest --
+    # -- kept set: top n_keep magnitudes among the surviving rows, then K_new per row (D5)
     row_alive = torch.zeros(out_f, dtype=torch.bool, device=dev)
     row_alive[act_new] = True
-    keep = mag_keep & row_alive[act_old][:, None]
+    alive_old = row_alive[act_old]
+    keep = _top_mask(torch.where(alive_old[:, None], vals.abs(), -1.0), min(n_keep, int(alive_old.sum()) * k_old))
     keep &= _row_rank(torch.where(keep, vals.abs(), -1.0)) < k_new
 
     full_keep = torch.zeros(out_f, k_old, dtype=torch.bool, device=dev)
@@ -129,7 +266,7 @@ def condensed_update(layer, optimizer, drop_frac: float, candidates, gamma_sal: 
     need = k_new - kept.sum(1)
 
     # -- regrow: each row refills to K_new from its best non-kept positions -----------
-    if k1 < min(in_f, k_old + k_new):  # the first list may be too short: ask again, excluding the kept
+    if m0 < k_new:  # a row's first K_new candidates always hold enough non-kept ones
         exclude = torch.full((out_f, k_old), -1, dtype=torch.long, device=dev)
         exclude[act_new] = torch.where(kept, kept_cols, -1)
         cand_s, cand_c = candidates(k_new, exclude)
@@ -154,24 +291,34 @@ def condensed_update(layer, optimizer, drop_frac: float, candidates, gamma_sal: 
     layer.set_pattern(new_values, new_cols, act_new)
     move_optimizer_state(optimizer, layer.values, src)
     return {"pruned": n_prune, "grown": int(need.sum()), "active": n_new, "fan_in": k_new,
-            "ablated": out_f - n_new, "nnz": n_new * k_new}
+            "ablated": out_f - n_new, "nnz": n_new * k_new, "threshold": threshold}
 
 
-def gradient_candidates(x: torch.Tensor, grad_output: torch.Tensor):
-    """``candidates(k, exclude)`` for :func:`condensed_update` from a captured layer
-    input (B, in) and output gradient (B, out), via :func:`gradient_topk`."""
+def gradient_candidates(x: torch.Tensor, grad_output: torch.Tensor, tf32: bool = False):
+    """``candidates(k, exclude, rows=None)`` for :func:`condensed_update` from a captured
+    layer input (B, in) and output gradient (B, out), via :func:`gradient_topk`; ``rows``
+    restricts the answer to those output rows. Ranking is exact fp32 by default
+    (``tf32=True`` lets the GPU kernel rank in TF32, ~1e-3 relative error). Raises
+    :class:`NonFiniteError` if ``x`` or ``grad_output`` hold NaN or inf."""
+    _check_finite("the captured layer inputs / output gradients", x, grad_output)
+    extra = {"tf32": True} if tf32 else {}
 
-    def candidates(k, exclude):
-        return gradient_topk(x, grad_output, k, exclude)
+    def candidates(k, exclude, rows=None):
+        g = grad_output if rows is None else grad_output[:, rows]
+        ex = exclude if (rows is None or exclude is None) else exclude[rows]
+        return gradient_topk(x, g, k, ex, **extra)
 
     return candidates
 
 
 def random_candidates(out_features: int, in_features: int, device, generator: torch.Generator):
-    """``candidates(k, exclude)`` with uniform random scores (SET), drawn on the CPU from
-    ``generator`` in row chunks (excluded columns are filtered by the caller's check)."""
+    """``candidates(k, exclude, rows=None)`` with uniform random scores (SET), drawn on
+    the CPU from ``generator`` in row chunks (excluded columns are filtered by the
+    caller's check; ``rows`` is not supported: SET has no gradient salient set)."""
 
-    def candidates(k, exclude):
+    def candidates(k, exclude, rows=None):
+        if rows is not None:
+            raise ValueError("random candidates cover all rows (rows must be None)")
         kk = min(in_features, k + (exclude.shape[1] if exclude is not None else 0))
         chunk = max(1, (1 << 22) // max(in_features, 1))
         scores, cols = [], []
@@ -190,8 +337,11 @@ def masked_update(layer, optimizer, drop_frac: float, grad: torch.Tensor | None,
     """RigL (``grad`` given) or random-regrowth (``grad`` None) update of a masked layer:
     drop the n_prune = floor(α_t·nnz) smallest active magnitudes layer-wide, regrow as
     many positions not active after the drop with the largest |grad| (or at random);
-    grown weights and their optimizer state start at zero."""
+    grown weights and their optimizer state start at zero. Raises :class:`NonFiniteError`
+    (nothing changed) if the weights or ``grad`` hold NaN or inf."""
     w, mask = layer.weight, layer.mask
+    _check_finite("the weights", w.detach())
+    _check_finite("the dense gradients", grad)
     nnz = int(mask.sum())
     n_prune = int(math.floor(drop_frac * nnz))
     if n_prune == 0:

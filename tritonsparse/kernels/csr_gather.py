@@ -18,6 +18,12 @@ unequal length waste lanes. Two remedies, both host-side, computed once per patt
     deterministic.
 The kernel reads row r's nonzeros from ``starts[r]`` to ``ends[r]``: for plain rows these
 are ``crow`` and ``crow[1:]``, for segments two arrays of the plan.
+
+Loop bodies: those of the condensed forward (:mod:`._gather`): no reduction inside the
+hot loop, ``tl.fma`` into fp32 accumulators, gathers masked per nonzero so a column index
+outside [0, n_cols) is never read, whole steps unmasked up to the tile's shortest row and
+masked to its longest. One grid axis (row tiles fastest, then batch tiles); bias read
+with its stride; launched under the tensors' device; autotune keys bucketed.
 """
 from __future__ import annotations
 
@@ -36,8 +42,14 @@ MIN_SEGMENT = 256  # ... and longer than one segment, which holds at least this 
 MAX_SEGMENTS = 64  # segments per split row at most (bounds the workspace)
 
 
+# Rows tiles of the shared gather space that build with a stack frame for this kernel
+# (with row order and bias, without the runtime's specialization: ``python -m
+# tritonsparse._aot``); the forward builds them clean.
+_STACK_TILES = {(32, 1, 32, 4, 2), (32, 1, 64, 4, 4), (32, 1, 128, 2, 4)}
+
+
 @autotune(
-    configs=gather_configs(),
+    configs=gather_configs(exclude=_STACK_TILES),
     key=["n_bucket", "len_bucket", "b_bucket", "INT64"],
     prune_configs_by={"early_config_prune": prune_gather_configs("n_bucket", "len_bucket")},
 )

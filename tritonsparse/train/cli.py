@@ -132,6 +132,7 @@ def main(argv=None, prog: str = PROG) -> int:
         return _fail(prog, e, 1)
     except ValueError as e:  # settings that clash with the data or the checkpoint (resume)
         return _fail(prog, e, 2)
-    final = {k: v for k, v in result.final.items() if k != "layers"}
-    print(json.dumps(final, indent=1))
+    if result.extra.get("rank", 0) == 0:  # under torchrun, rank 0 prints
+        final = {k: v for k, v in result.final.items() if k != "layers"}
+        print(json.dumps(final, indent=1))
     return 0

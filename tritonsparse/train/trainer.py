@@ -19,9 +19,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..dst import METHODS as DST_METHODS, DynamicSparsity, sparsify
+from ..dst.distributed import wrap_ddp
 from ..ift import IFT_KINDS, count_flops, sparse_ift
 from ..models import MODELS, build_model
 from ._io import CHECKPOINT, PREVIOUS, atomic_write_text, load_checkpoint, save_checkpoint
+from . import distributed as ddp
 from .data import DATASETS, Dataset, load_dataset
 
 METHODS = ("dense",) + tuple(DST_METHODS)
@@ -191,6 +193,17 @@ def evaluate(model: nn.Module, data: Dataset, device, batch_size: int = 512) -> 
     return loss / n, correct / n
 
 
+def _evaluate_sharded(ctx, model, data: Dataset, device) -> tuple[float, float]:
+    """:func:`evaluate`, each rank on every world-th test example, reduced across ranks."""
+    if not ctx.active:
+        return evaluate(model, data, device)
+    shard = dataclasses.replace(data, x_test=data.x_test[ctx.rank::ctx.world], y_test=data.y_test[ctx.rank::ctx.world])
+    n = shard.y_test.shape[0]
+    loss, acc = evaluate(model, shard, device) if n else (0.0, 0.0)
+    loss_sum, correct, n = ddp.sum_across(ctx, loss * n, acc * n, n)
+    return loss_sum / n, correct / n
+
+
 def _rng_state():
     # numpy's state as a tensor and plain numbers, so that the checkpoint loads with weights_only=True
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -229,9 +242,10 @@ def _write_metrics(out: Path, history: list):
     atomic_write_text(out / "layers.csv", f.getvalue())
 
 
-def prepare_out(cfg: TrainConfig) -> Path:
+def prepare_out(cfg: TrainConfig, write: bool = True) -> Path:
     """The run folder: created if needed; a fresh run refuses a folder that holds another
-    run unless ``cfg.overwrite`` (then that run's files are removed first)."""
+    run unless ``cfg.overwrite`` (then that run's files are removed first). With
+    ``write=False`` (the ranks other than 0 under torchrun) it only checks."""
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out={cfg.out!r} is a file, not a folder")
@@ -240,9 +254,11 @@ def prepare_out(cfg: TrainConfig) -> Path:
         if not cfg.overwrite:
             raise FileExistsError(f"out={cfg.out!r} already holds a run ({', '.join(existing)}): pass --resume to "
                                   "continue it, --overwrite to replace it, or another --out")
-        for f in existing:
-            (out / f).unlink()
-    out.mkdir(parents=True, exist_ok=True)
+        if write:
+            for f in existing:
+                (out / f).unlink()
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -289,17 +305,36 @@ def train(cfg: TrainConfig) -> TrainResult:
     same result as a run that never stopped. A fresh run refuses an ``out`` that holds a
     run unless ``cfg.overwrite``. A non-finite loss stops the run with
     :class:`DivergenceError` naming the step, or with ``cfg.skip_nonfinite`` the step is
-    skipped (no optimizer step, as ``GradScaler`` does; counted in the metrics)."""
+    skipped (no optimizer step, as ``GradScaler`` does; counted in the metrics).
+
+    Under ``torchrun`` (or an initialised process group) it trains data-parallel: DDP
+    over the same model, ``batch_size`` is the global batch split over the ranks, DST
+    updates are decided on rank 0 from the global gradient, metrics are reduced across
+    ranks and only rank 0 writes. A loss is finite or not for all ranks together: a
+    non-finite loss on any rank stops, or skips the step on, every rank."""
     from tqdm.auto import tqdm
 
     cfg.validate()
-    device = resolve_device(cfg.device)
+    ctx = ddp.init(cfg.device)
+    try:
+        result = _train(cfg, ctx, tqdm)
+    except BaseException:
+        ddp.abort(ctx)  # a failed run still releases its process group
+        raise
+    ddp.close(ctx)
+    return result
+
+
+def _train(cfg: TrainConfig, ctx, tqdm) -> TrainResult:
+    device = ddp.device_for(ctx, resolve_device(cfg.device))
+    ddp.check_batch_size(ctx, cfg.batch_size)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    out = prepare_out(cfg)
+    out = prepare_out(cfg, write=ctx.is_main)
     seed_everything(cfg.seed)
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.synthetic_shape, cfg.seed)
     model, ift = build(cfg, data, device)
+    net = wrap_ddp(model, device_ids=[device.index] if device.type == "cuda" else None) if ctx.active else model
 
     n_train = data.y_train.shape[0]
     drop_last = n_train > cfg.batch_size
@@ -317,7 +352,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps, steps_per_epoch))
     dst = None
     if cfg.method != "dense":
-        dst = DynamicSparsity(model, optimizer, method=cfg.method, total_steps=total_steps, delta_t=cfg.delta_t,
+        dst = DynamicSparsity(net, optimizer, method=cfg.method, total_steps=total_steps, delta_t=cfg.delta_t,
                               alpha=cfg.alpha, t_end=cfg.t_end, gamma_sal=cfg.gamma_sal,
                               no_ablation=tuple(cfg.no_ablation), seed=cfg.seed)
 
@@ -331,6 +366,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         if diff:
             raise ValueError(f"resume: the checkpoint in {out} was made with other settings: "
                              + ", ".join(f"{k}={saved.get(k)!r} (now {cfg.to_dict().get(k)!r})" for k in diff))
+        if ckpt.get("world_size", 1) != ctx.world:
+            raise ValueError(f"resume: the checkpoint in {out} was made by {ckpt.get('world_size', 1)} process(es), "
+                             f"this run has {ctx.world}; an exact resume needs the same world size")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -338,7 +376,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             dst.load_state_dict(ckpt["dst"])
         history, start_epoch, step = ckpt["history"], ckpt["epoch"], ckpt["step"]
         skipped_total = int(ckpt.get("skipped_steps", 0))
-        _set_rng_state(ckpt["rng"])
+        _set_rng_state(ckpt["rng_ranks"][ctx.rank] if ctx.active else ckpt["rng"])
 
     example = data.batch("test", torch.arange(min(2, data.y_test.shape[0])), device)[0]
     dense_flops = None
@@ -348,7 +386,10 @@ def train(cfg: TrainConfig) -> TrainResult:
             break
         model.train()
         gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)  # data order: a function of (seed, epoch)
-        order = torch.randperm(n_train, generator=gen)
+        order, bs = torch.randperm(n_train, generator=gen), cfg.batch_size
+        if ctx.active:  # the same permutation, this rank's share of every global batch
+            order, bs = ddp.epoch_order(ctx, n_train, cfg.seed, epoch), cfg.batch_size // ctx.world
+            gen = torch.Generator().manual_seed((cfg.seed * 100003 + epoch) * 1009 + ctx.rank)  # augmentation
         n_steps = min(steps_per_epoch, total_steps - step)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -356,24 +397,28 @@ def train(cfg: TrainConfig) -> TrainResult:
         step_times = []
         t_epoch = time.perf_counter()
         skipped = 0
-        # the bar only on a terminal: redrawn into a log file it would fill it
+        # the bar only on a terminal, and only on rank 0: redrawn into a log file it would fill it
         bar = tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
-                   disable=not (cfg.progress and sys.stderr.isatty()))
+                   disable=not (cfg.progress and ctx.is_main and sys.stderr.isatty()))
         for i in bar:
-            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size] if drop_last else order
+            idx = order[i * bs:(i + 1) * bs] if drop_last else order
             x, y = data.batch("train", idx, device, gen)
             t0 = time.perf_counter()
-            out_logits = model(x)
+            out_logits = net(x)
             loss = F.cross_entropy(out_logits, y, label_smoothing=cfg.label_smoothing)
             loss_value = loss.item()
+            loss_finite = math.isfinite(loss_value)
+            if ctx.active:  # decided by all ranks together: DDP's backward is collective
+                loss_finite = ddp.sum_across(ctx, float(not loss_finite))[0] == 0
             where = f"step {step + 1} (epoch {epoch + 1}, batch {i + 1}/{n_steps})"
-            if not math.isfinite(loss_value) and not cfg.skip_nonfinite:
-                raise DivergenceError(f"training diverged: the loss is {loss_value} at {where}, lr "
+            if not loss_finite and not cfg.skip_nonfinite:
+                what = loss_value if not math.isfinite(loss_value) else "not finite on another rank"
+                raise DivergenceError(f"training diverged: the loss is {what} at {where}, lr "
                                       f"{scheduler.get_last_lr()[0]:.3g}; lower --lr, or pass --skip-nonfinite to "
                                       f"skip such steps ({_last_checkpoint(out)})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.skip_nonfinite and not (math.isfinite(loss_value) and _grads_finite(optimizer)):
+            if cfg.skip_nonfinite and not (loss_finite and _grads_finite(optimizer)):
                 # as torch.amp.GradScaler does: no optimizer step, the schedules go on
                 optimizer.zero_grad(set_to_none=True)
                 skipped, skipped_run = skipped + 1, skipped_run + 1
@@ -397,13 +442,18 @@ def train(cfg: TrainConfig) -> TrainResult:
             bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.3g}")
         bar.close()
         skipped_total += skipped
-        test_loss, test_acc = evaluate(model, data, device)
+        loss_sum, correct, seen = ddp.sum_across(ctx, loss_sum, correct, seen)
+        test_loss, test_acc = _evaluate_sharded(ctx, model, data, device)
         flops = count_flops(model, example)
         dense_flops = dense_flops or flops.dense_total
+        if ctx.active and dst is not None:
+            dst.check_consistent()  # every epoch: patterns, values, step and RNG equal on all ranks
         layers = dst.layer_stats() if dst is not None else {}
         nnz = sum(s["nnz"] for s in layers.values())
         numel = sum(s["nnz"] / s["density"] for s in layers.values() if s["density"] > 0)
         mem, mem_kind = peak_memory_mb(device)
+        step_ms = 1000.0 * float(np.median(step_times)) if step_times else float("nan")
+        step_ms, mem = ddp.sum_across(ctx, step_ms, mem, op="max")  # the slowest rank, the largest memory
         record = {
             "epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
             # NaN when every step of the epoch was skipped (skip_nonfinite)
@@ -413,7 +463,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             "sparsity": 1.0 - nnz / numel if numel else 0.0,
             "active_neurons": sum(s["active_neurons"] for s in layers.values()),
             "flops_per_example": flops.total, "dense_flops_per_example": flops.dense_total,
-            "step_time_ms": 1000.0 * float(np.median(step_times)) if step_times else float("nan"),
+            "step_time_ms": step_ms, "world_size": ctx.world,
             "epoch_time_s": time.perf_counter() - t_epoch, "peak_mem_mb": mem, "mem_kind": mem_kind,
             "skipped_steps": skipped, "skipped_steps_total": skipped_total,
             # DST updates skipped for non-finite gradients (SRigL keeps the pattern then)
@@ -422,17 +472,21 @@ def train(cfg: TrainConfig) -> TrainResult:
         }
         history.append(record)
         epochs_run += 1
-        if cfg.progress:
+        if cfg.progress and ctx.is_main:
             tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.3f} | "
                        f"test loss {test_loss:.4f} acc {test_acc:.3f} | sparsity {record['sparsity']:.3f} | "
                        f"step {record['step_time_ms']:.1f} ms")
+        rngs = ddp.gather_objects(ctx, _rng_state())  # every rank's RNG, for an exact resume
+        dst_state = dst.state_dict() if dst is not None else None  # collective under DDP
+        if not ctx.is_main:
+            continue  # only rank 0 writes
         _write_metrics(out, history)
         save_checkpoint({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "dst": dst.state_dict() if dst is not None else None,
-                         "epoch": epoch + 1, "step": step, "skipped_steps": skipped_total, "history": history,
-                         "rng": _rng_state()}, out)
-    if history and cfg.plots:
+                         "scheduler": scheduler.state_dict(), "dst": dst_state, "epoch": epoch + 1, "step": step,
+                         "skipped_steps": skipped_total, "history": history, "rng": rngs[0],
+                         "world_size": ctx.world, "rng_ranks": rngs if ctx.active else None}, out)
+    if history and cfg.plots and ctx.is_main:
         from .plots import plot_run
 
         plot_run(out, cfg.plots_dir)
-    return TrainResult(model, history, out, dst, ift)
+    return TrainResult(model, history, out, dst, ift, extra={"rank": ctx.rank, "world_size": ctx.world})
