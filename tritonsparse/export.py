@@ -122,7 +122,7 @@ def _drop_outputs(layer, keep):
     if isinstance(layer, CondensedLinear):
         pos = torch.searchsorted(layer.active_rows, keep)  # keep is a subset of the active rows
         cw = layer.condensed_weight()
-        return _condensed_like(layer, cw.values[pos].clone(), cw.indices[pos].clone(), None, bias, out_features=keep.numel())
+        return _condensed_like(layer, cw.values[pos].clone(), cw.row_indices[pos].clone(), None, bias, out_features=keep.numel())
     w = layer.weight.detach()[keep]
     return _filled(nn.Linear(layer.in_features, keep.numel(), bias=bias is not None, device=w.device, dtype=w.dtype),
                    w, bias)
@@ -141,7 +141,7 @@ def _drop_inputs(layer, keep, constant):
         bias = _bias_or_zeros(layer) + w[:, removed] @ constant[removed].to(w.dtype)
         return _filled(nn.Linear(keep.numel(), layer.out_features, device=w.device, dtype=w.dtype), w[:, keep], bias)
     cw = layer.condensed_weight()
-    cols = cw.indices.long()
+    cols = cw.row_indices.long()  # per row (a group-shared layer exports as G = 1)
     gone = removed[cols]
     shift = (cw.values * constant.to(cw.values.dtype)[cols] * gone).sum(1)
     bias = _bias_or_zeros(layer).clone()

@@ -193,7 +193,9 @@ def condensed_matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tenso
         x: (..., in_features) input, fp32, fp16 or bf16; any number of leading dims.
         values: (n, K) nonzero weights, same dtype as ``x``. Accumulation is in fp32.
         indices: (n, K) int16 or int32 column indices in [0, in_features). Not
-            differentiable. Repeated indices in a row add up.
+            differentiable. Repeated indices in a row add up. An (n/G, K) array means
+            G consecutive rows share one index set (group-shared format, tensor-core
+            kernels): see :func:`tritonsparse.group_ops.group_condensed_matmul`.
         bias: optional (n,) bias, same dtype as ``x``.
 
     Returns:
@@ -234,6 +236,10 @@ def _condensed_matmul(x, values, indices, bias=None, check_index_range=True, pat
     this indices tensor). ``check_index_range`` is accepted for older callers and
     ignored: the pattern decides when the range is checked, and it is never skipped."""
     del check_index_range
+    if _grouped(values, indices):  # indices (n/G, K) with G > 1: the tensor-core kernels
+        from .group_ops import group_condensed_matmul
+
+        return group_condensed_matmul(x, values, indices, bias, pattern=pattern)
     autocast = isinstance(x, torch.Tensor) and _autocast_on(x)
     if autocast:
         dtype = torch.get_autocast_dtype(x.device.type)
@@ -254,6 +260,13 @@ def _condensed_matmul(x, values, indices, bias=None, check_index_range=True, pat
     else:
         y = _dispatch(x2, values, indices, bias, pattern)
     return y.reshape(*lead, values.shape[0])
+
+
+def _grouped(values, indices) -> bool:
+    """True for the group-shared format: 2-D ``values`` (n, K) and ``indices`` (n/G, K)
+    with fewer index rows than value rows (G > 1)."""
+    return (isinstance(values, torch.Tensor) and isinstance(indices, torch.Tensor) and values.dim() == 2
+            and indices.dim() == 2 and indices.shape[0] != values.shape[0] and indices.shape[0] > 0)
 
 
 def _dispatch(x2, values, indices, bias, pattern):

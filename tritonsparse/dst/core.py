@@ -11,6 +11,7 @@ from . import distributed as _distributed
 from .masked import _Masked
 from .schedule import UpdateSchedule
 from .sparsify import METHODS, _check_method, _matches, sparse_layers
+from .groups import group_gradient_candidates, group_update
 from .updates import NonFiniteError, condensed_update, gradient_candidates, masked_update, random_candidates
 
 
@@ -232,19 +233,26 @@ class DynamicSparsity:
             if self.method == "rigl" and grad is None:
                 return None  # the layer took no part in this step's training forward
             return masked_update(m, self.optimizer, drop_frac, grad, self.generator)
+        groups = getattr(m, "group_size", 1)  # > 1: the update runs over group columns (dst/groups.py)
         if self.method == "set":
-            cands = random_candidates(m.out_features, m.in_features, m.values.device, self.generator)
+            cands = random_candidates(m.out_features // groups, m.in_features, m.values.device, self.generator)
             gamma = None
         else:
             if gradient is _LOCAL:
                 x, g = cap.tensors() if cap is not None else (None, None)
-                gradient = None if x is None else gradient_candidates(x, g, tf32=self.tf32)
+                if x is None:
+                    gradient = None
+                elif groups == 1:
+                    gradient = gradient_candidates(x, g, tf32=self.tf32)
+                else:
+                    gradient = group_gradient_candidates(x, g, groups)
             if gradient is None:
                 return None
             cands = gradient
             ablate = self.gamma_sal > 0 and not _matches(name, self.no_ablation)
             gamma = self.gamma_sal if ablate else None
-        return condensed_update(m, self.optimizer, drop_frac, cands, gamma)
+        update = condensed_update if groups == 1 else group_update
+        return update(m, self.optimizer, drop_frac, cands, gamma)
 
     def check_consistent(self, values: bool = True) -> str:
         """Under ``torch.distributed``: raise ``RuntimeError`` if any rank's patterns

@@ -46,21 +46,31 @@ def _random_cols(out_features, in_features, k, device, generator):
 
 
 @torch.no_grad()
-def _condensed_from(module, budget, generator):
+def _condensed_from(module, budget, generator, group_size=1):
     out_features = module.weight.shape[0]
     dense = module.weight.detach().reshape(out_features, -1)
     in_features = dense.shape[1]
     budget = min(max(budget, out_features), out_features * in_features)
     k = budget // out_features
+    kw = dict(bias=module.bias is not None, device=dense.device, dtype=dense.dtype, capacity=budget)
+    if group_size > 1 and isinstance(module, nn.Linear):
+        group_cols = _random_cols(out_features // group_size, in_features, k, dense.device, generator)
+        layer = CondensedLinear(in_features, out_features, k, bias=kw["bias"], device=kw["device"], dtype=kw["dtype"],
+                                group_size=group_size, nnz_budget=budget)
+        layer.set_pattern(dense.gather(1, group_cols.repeat_interleave(group_size, 0)), group_cols, None)
+        return _finish(layer, module)
     cols = _random_cols(out_features, in_features, k, dense.device, generator)
     values = dense.gather(1, cols)
-    kw = dict(bias=module.bias is not None, device=dense.device, dtype=dense.dtype, capacity=budget)
     if isinstance(module, nn.Conv2d):
         layer = CondensedConv2d(module.in_channels, module.out_channels, module.kernel_size, k, stride=module.stride,
                                 padding=module.padding, dilation=module.dilation, **kw)
     else:
         layer = CondensedLinear(in_features, out_features, k, **kw)
     layer.set_pattern(values, cols, None)
+    return _finish(layer, module)
+
+
+def _finish(layer, module):
     if module.bias is not None:
         layer.bias.copy_(module.bias)
     layer.train(module.training)
@@ -78,7 +88,7 @@ def _masked_from(module, budget, generator):
 
 
 def sparsify(model: nn.Module, sparsity: float = 0.9, method: str = "srigl", distribution: str = "erk",
-             dense_modules=(), min_params: int = 0, seed: int = 0) -> nn.Module:
+             dense_modules=(), min_params: int = 0, seed: int = 0, group_size: int = 1) -> nn.Module:
     """Replace the eligible ``nn.Linear`` / ``nn.Conv2d`` layers of ``model`` in place by
     sparse layers and return the model.
 
@@ -99,6 +109,10 @@ def sparsify(model: nn.Module, sparsity: float = 0.9, method: str = "srigl", dis
             are left out of the sparsity budget.
         min_params: layers with fewer weights stay dense.
         seed: seed of the random initial patterns.
+        group_size: G > 1 gives ``nn.Linear`` layers group-shared patterns (G consecutive
+            rows share one index row; tensor-core kernels; see :mod:`tritonsparse.dst.groups`).
+            A layer whose out_features G does not divide raises ``ValueError``; convolutions
+            keep G = 1. Not with ``method="rigl"``.
 
     Eligible: plain ``nn.Linear`` and ``nn.Conv2d`` with groups=1 and numeric zero padding.
     Build the optimizer after calling this.
@@ -112,7 +126,16 @@ def sparsify(model: nn.Module, sparsity: float = 0.9, method: str = "srigl", dis
         dense_modules = (dense_modules,)
     if not isinstance(min_params, int) or min_params < 0:
         raise ValueError(f"min_params must be an int >= 0, got {min_params!r}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    if group_size > 1 and method == "rigl":
+        raise ValueError("group_size > 1 needs condensed layers: use method 'srigl', 'set' or 'static', not 'rigl'")
     layers = _eligible(model, tuple(dense_modules), min_params)
+    if group_size > 1:
+        bad = [n for n, m in layers.items() if isinstance(m, nn.Linear) and m.out_features % group_size]
+        if bad:
+            raise ValueError(f"group_size={group_size} does not divide out_features={layers[bad[0]].out_features} "
+                             f"of {bad[0]!r} (keep it dense with dense_modules, or pick a G that divides it)")
     if not layers:
         raise ValueError("model has no eligible nn.Linear / nn.Conv2d layer to sparsify "
                          "(check dense_modules and min_params)")
@@ -121,7 +144,7 @@ def sparsify(model: nn.Module, sparsity: float = 0.9, method: str = "srigl", dis
     generator = torch.Generator().manual_seed(seed)
     for name, m in layers.items():
         budget = int(round(densities[name] * m.weight.numel()))
-        new = _masked_from(m, budget, generator) if method == "rigl" else _condensed_from(m, budget, generator)
+        new = _masked_from(m, budget, generator) if method == "rigl" else _condensed_from(m, budget, generator, group_size)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)

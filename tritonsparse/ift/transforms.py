@@ -33,6 +33,8 @@ class SparseIFT:
         dense_layers: the other ``nn.Linear``/``nn.Conv2d`` names (stem, head, the
             low-rank branch of Sparse Doped): pass them as ``dense_modules`` to
             ``tritonsparse.dst.sparsify``.
+        group_size: G for ``tritonsparse.dst.sparsify(..., group_size=G)`` (group-shared
+            patterns on the tensor-core kernels); 1: a pattern per row.
     """
 
     model: nn.Module
@@ -40,6 +42,7 @@ class SparseIFT:
     sparsity: float
     sparse_layers: dict = field(default_factory=dict)
     dense_layers: list = field(default_factory=list)
+    group_size: int = 1
 
     def densities(self) -> dict:
         """``{name: density}`` of every compute layer, for :func:`count_flops`."""
@@ -65,7 +68,7 @@ def _widen(model, k):
     return wide.to(p.device) if p is not None else wide
 
 
-def sparse_ift(model: nn.Module, kind: str, sparsity: float, dense_modules=None) -> SparseIFT:
+def sparse_ift(model: nn.Module, kind: str, sparsity: float, dense_modules=None, group_size: int = 1) -> SparseIFT:
     """Apply the Sparse-IFT ``kind`` at ``sparsity`` to ``model``.
 
     Args:
@@ -83,6 +86,10 @@ def sparse_ift(model: nn.Module, kind: str, sparsity: float, dense_modules=None)
         dense_modules: module-name prefixes left dense and untransformed (default: the
             model's ``default_dense_modules``, e.g. ``("stem", "head")``). Sparse Wide
             still widens them on their inner side.
+        group_size: G carried to the returned ``SparseIFT`` for ``sparsify``; every
+            ``nn.Linear`` to be made sparse must have out_features divisible by G
+            (``ValueError`` naming the first that does not). With ``"wide"`` this is what
+            puts the wider layers on the tensor-core kernels.
 
     Returns:
         A :class:`SparseIFT` with the dense-shaped model and the names of the layers to
@@ -115,7 +122,13 @@ def sparse_ift(model: nn.Module, kind: str, sparsity: float, dense_modules=None)
     else:
         sparse = {name: s for name in eligible}
     dense = [n for n in compute_layers(model) if n not in sparse]
-    return SparseIFT(model, kind, s, sparse, dense)
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    for name in sparse:
+        m = model.get_submodule(name)
+        if isinstance(m, nn.Linear) and m.out_features % group_size:
+            raise ValueError(f"group_size={group_size} does not divide out_features={m.out_features} of {name!r}")
+    return SparseIFT(model, kind, s, sparse, dense, group_size)
 
 
 def _wide_layer_sparsity(old, new, s):

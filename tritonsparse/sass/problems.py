@@ -36,6 +36,8 @@ class Problem:
     index_dtype: str = "int32"
     Kx: int = 0  # topk: excluded columns per row
     hw: int = 0  # conv: input height = width
+    G: int = 1  # fwd/dx/dw: rows sharing one index row (group-shared pattern, gather-MMA kernels)
+    dx_mode: str = "deterministic"  # G > 1: the group dX mode ("deterministic" or "atomic")
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -51,6 +53,10 @@ class Problem:
         fan_in = self.in_features * (9 if self.role.startswith("conv") else 1)
         if self.role != "topk" and self.K > fan_in:
             raise ValueError(f"K={self.K} exceeds the fan-in {fan_in} of in_features={self.in_features}")
+        if self.G != 1 and (self.role not in ("fwd", "dx", "dw") or self.G < 1 or self.out_features % self.G):
+            raise ValueError(f"G={self.G} needs role fwd/dx/dw and out_features divisible by G")
+        if self.dx_mode not in ("deterministic", "atomic"):
+            raise ValueError(f"dx_mode must be 'deterministic' or 'atomic', got {self.dx_mode!r}")
         if self.role.startswith("conv") and self.hw < 1:
             raise ValueError("hw (input height = width) must be >= 1 for a conv problem")
 
@@ -61,6 +67,8 @@ class Problem:
             core = f"topk {self.in_features}->{self.out_features} k={self.K} Kx={self.Kx} B={self.batch} {self.dtype}"
         if self.role.startswith("conv"):
             core += f" {self.hw}x{self.hw}"
+        if self.G > 1:
+            core += f" G={self.G}" + (" atomic" if self.dx_mode == "atomic" and self.role == "dx" else "")
         return core
 
     @property
@@ -99,18 +107,26 @@ def _calls(p: Problem):
     gen = torch.Generator().manual_seed(0)
     dt = _FLOAT[p.dtype]
     if p.role in ("fwd", "dx", "dw"):
-        idx = _pattern(p.out_features, p.in_features, p.K, p.index_dtype, gen)
+        from ..formats import pad_fan_in
+
+        idx = _pattern(p.out_features // p.G, p.in_features, p.K, p.index_dtype, gen)
         vals = torch.randn(p.out_features, p.K, generator=gen).to(dt)
+        if p.G > 1:  # the group format's storage: rows padded to 16 slots
+            idx, vals = pad_fan_in(idx), pad_fan_in(vals)
         x = torch.randn(p.batch, p.in_features, generator=gen).to(dt)
 
         def prepare():
             xx = x.clone().requires_grad_(p.role == "dx")
-            vv = vals.clone().requires_grad_(p.role == "dw")
-            return xx, vv, torch.ones(p.batch, p.out_features, dtype=dt)
+            vv = pad_fan_in(vals.clone()) if p.G > 1 else vals.clone()  # clone() drops the padding
+            return xx, vv.requires_grad_(p.role == "dw"), torch.ones(p.batch, p.out_features, dtype=dt)
 
         def forward(state):
             xx, vv, g = state
             with torch.set_grad_enabled(p.role != "fwd"):
+                if p.G > 1:
+                    from ..group_ops import group_condensed_matmul
+
+                    return group_condensed_matmul(xx, vv, idx, dx_mode=p.dx_mode), g
                 return tritonsparse.condensed_matmul(xx, vv, idx), g
 
         def backward(state):

@@ -229,6 +229,21 @@ def issue8_cases() -> list[Problem]:
     return cases
 
 
+def group_cases() -> list[Problem]:
+    """Issue 13's targets: the group-shared (G=64) gather-MMA kernels, bf16, 90% sparse, on
+    the Llama-3-8B MLP (forward, dX in both modes, dValues) and the ViT-B MLP (forward),
+    batch 256 and 4096."""
+    cases = []
+    for batch in (256, 4096):
+        for shape in (LLAMA_UP, LLAMA_DOWN):
+            for role in ("fwd", "dx", "dw"):
+                cases.append(Problem(role, batch=batch, dtype="bf16", index_dtype="int16", G=64, **shape))
+            cases.append(Problem("dx", batch=batch, dtype="bf16", index_dtype="int16", G=64, dx_mode="atomic", **shape))
+        for shape in (VIT_FC1, VIT_FC2):
+            cases.append(Problem("fwd", batch=batch, dtype="bf16", index_dtype="int16", G=64, **shape))
+    return cases
+
+
 def smoke_cases() -> list[Problem]:
     """Small problems for CI: each kernel role once, compiles only a few configs."""
     return [Problem("fwd", 256, 128, 26, 64, dtype="fp32"), Problem("dx", 256, 128, 26, 64, dtype="fp32"),
@@ -404,7 +419,8 @@ def main(argv=None):
     ap.add_argument("--index-dtype", default="int32")
     ap.add_argument("--gpu", default="h100", choices=sorted(M.GPUS))
     ap.add_argument("--arch", type=int, default=90)
-    ap.add_argument("--cases", choices=["issue8", "smoke"], help="run a set of problems")
+    ap.add_argument("--G", type=int, default=1, help="fwd/dx/dw: rows per shared index row (group-shared pattern)")
+    ap.add_argument("--cases", choices=["issue8", "groups", "smoke"], help="run a set of problems")
     ap.add_argument("--csv", help="write the rows to this CSV")
     ap.add_argument("--max-configs", type=int, help="only the first N pruned configs of each launch (smoke runs)")
     ap.add_argument("--readme-table", metavar="CSV", help="print the README tables from a report CSV")
@@ -416,7 +432,7 @@ def main(argv=None):
         ap.error("unset TRITON_INTERPRET: the interpreter replaces the kernels")
     gpu = M.GPUS[args.gpu]
     if args.cases:
-        cases = issue8_cases() if args.cases == "issue8" else smoke_cases()
+        cases = {"issue8": issue8_cases, "groups": group_cases, "smoke": smoke_cases}[args.cases]()
         run_cases(cases, args.csv, gpu, args.arch, max_configs=args.max_configs)
         if args.csv:
             print(readme_table(args.csv))
@@ -425,7 +441,7 @@ def main(argv=None):
         ap.error("give a role and --in --out --K --batch, or --cases, or --readme-table")
     try:
         p = Problem(args.role, args.in_features, args.out_features, args.K, args.batch, args.dtype, args.index_dtype,
-                    Kx=args.Kx, hw=args.hw)
+                    Kx=args.Kx, hw=args.hw, G=args.G)
     except ValueError as e:
         ap.error(str(e))
     res = analyze(p, arch=args.arch, gpu=gpu, max_configs=args.max_configs)

@@ -61,6 +61,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     g = p.add_argument_group("sparsity")
     g.add_argument("--method", choices=METHODS, default=d.method, help="dense, or how the sparse masks evolve")
     g.add_argument("--sparsity", type=float, default=d.sparsity, help="fraction of zero weights in the sparse layers")
+    g.add_argument("--group-size", type=int, default=d.group_size,
+                   help="G consecutive output rows share one index set (tensor-core kernels; 1: a pattern per row)")
     g.add_argument("--distribution", choices=("auto", "uniform", "erk"), default=d.distribution,
                    help="layer densities; auto: erk, or uniform with --ift (iso-FLOP, as in Sparse-IFT)")
     g.add_argument("--ift", choices=IFT_KINDS, default=d.ift, help="Sparse Iso-FLOP Transformation")

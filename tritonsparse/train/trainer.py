@@ -32,7 +32,7 @@ SCHEDULES = ("cosine", "step")
 RUN_FILES = (CHECKPOINT, PREVIOUS, "metrics.json", "metrics.csv", "layers.csv", "training_curves.png",
              "active_neurons.png")
 # settings a resumed run must share with the checkpoint (the others may change, e.g. --device)
-_RESUME_KEYS = ("model", "dataset", "method", "sparsity", "distribution", "ift", "epochs", "max_steps", "batch_size",
+_RESUME_KEYS = ("model", "dataset", "method", "sparsity", "group_size", "distribution", "ift", "epochs", "max_steps", "batch_size",
                 "lr", "schedule", "seed", "delta_t", "alpha", "t_end", "gamma_sal", "hidden", "width")
 
 
@@ -47,6 +47,7 @@ class TrainConfig:
     data_dir: str | None = None
     method: str = "srigl"
     sparsity: float = 0.9
+    group_size: int = 1  # G > 1: group-shared patterns (tensor-core kernels), see tritonsparse.dst.groups
     distribution: str = "auto"  # "auto": ERK, or uniform with a Sparse-IFT (the paper's iso-FLOP setting)
     ift: str = "none"
     dense_modules: tuple | None = None  # None: the model's default_dense_modules (stem, head)
@@ -94,6 +95,11 @@ class TrainConfig:
         if self.method == "dense" and self.ift != "none":
             raise ValueError(f"ift={self.ift!r} builds sparse parts: pick a sparse method (static, set, rigl, srigl), "
                              "not method='dense'")
+        if isinstance(self.group_size, bool) or int(self.group_size) != self.group_size or self.group_size < 1:
+            raise ValueError(f"group_size must be an int >= 1, got {self.group_size!r}")
+        if self.group_size > 1 and self.method in ("dense", "rigl"):
+            raise ValueError(f"group_size={self.group_size} needs condensed layers: method srigl, set or static, "
+                             f"not {self.method!r}")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other: resume continues the run in out, "
                              "overwrite starts it again")
@@ -139,10 +145,11 @@ def build(cfg: TrainConfig, data: Dataset, device: torch.device):
     dense_modules = tuple(cfg.dense_modules) if cfg.dense_modules is not None else None
     if cfg.method == "dense":
         return model.to(device), None
-    ift = sparse_ift(model, cfg.ift, cfg.sparsity, dense_modules)
+    ift = sparse_ift(model, cfg.ift, cfg.sparsity, dense_modules, group_size=int(cfg.group_size))
     model = ift.model.to(device)
     distribution = cfg.distribution if cfg.distribution != "auto" else ("erk" if cfg.ift == "none" else "uniform")
-    sparsify(model, cfg.sparsity, cfg.method, distribution, dense_modules=tuple(ift.dense_layers), seed=cfg.seed)
+    sparsify(model, cfg.sparsity, cfg.method, distribution, dense_modules=tuple(ift.dense_layers), seed=cfg.seed,
+             group_size=ift.group_size)
     return model, ift
 
 
@@ -354,6 +361,7 @@ def _train(cfg: TrainConfig, ctx, tqdm) -> TrainResult:
     if cfg.resume:
         ckpt = load_checkpoint(out, map_location=device)
         saved = ckpt["config"]
+        saved = {"group_size": 1, **saved}  # checkpoints from before --group-size ran G=1
         diff = [k for k in _RESUME_KEYS if saved.get(k) != cfg.to_dict().get(k)]
         if diff:
             raise ValueError(f"resume: the checkpoint in {out} was made with other settings: "
