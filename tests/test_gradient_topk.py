@@ -102,7 +102,8 @@ def test_aot_specs_cover_fp32_and_bf16():
     for autotuner, sig, constexprs in mod.AOT_SPECS:
         assert hasattr(autotuner, "fn") and constexprs["KP"] >= 16
         for cfg in autotuner.configs:  # each config is built at every KP the prune keeps it for
-            assert constexprs["KP"] in mod._kps(cfg)
+            exact = sig["x_ptr"] == "*fp32" and constexprs["PRECISION"] == "ieee"
+            assert mod._serves(cfg, constexprs["KP"], exact)
             built.add((tuple(cfg.kwargs.items()), cfg.num_warps, cfg.num_stages))
     assert len(built) == len(mod._configs()) - 1  # every GPU config is built
 
@@ -193,10 +194,14 @@ def test_kernel_prune_never_falls_back_past_the_cap():
     configs = mod._configs()  # the full list (the interpreter's autotuner keeps one)
     for kp in (16, 32, 64, 128):
         for b, out in ((16, 16), (256, 768), (4096, 100000)):
-            kept = mod._prune(configs, {"b_bucket": b, "out_features": out}, KP=kp)
-            assert kept and all(kp in mod._kps(c) for c in kept)
+            for dtype, prec in ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.bfloat16, "ieee")):
+                args = {"b_bucket": b, "out_features": out, "x_ptr": torch.empty(1, dtype=dtype)}
+                kept = mod._prune(configs, args, KP=kp, PRECISION=prec)
+                exact = dtype == torch.float32 and prec == "ieee"
+                # each precision keeps the tile built spill-free for it (exact fp32 has its own)
+                assert kept and all(mod._serves(c, kp, exact) for c in kept)
     with pytest.raises(ValueError, match="KP=256"):
-        mod._prune(configs, {"b_bucket": 256, "out_features": 768}, KP=256)
+        mod._prune(configs, {"b_bucket": 256, "out_features": 768, "x_ptr": torch.empty(1)}, KP=256, PRECISION="ieee")
     assert max(sp[2]["KP"] for sp in mod.AOT_SPECS) == mod.MAX_KERNEL_KP == 128
     assert {sp[2]["PRECISION"] for sp in mod.AOT_SPECS} == {"ieee", "tf32"}
 

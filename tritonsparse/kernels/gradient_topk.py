@@ -57,14 +57,15 @@ import triton.language as tl
 
 from .._triton import autotune, batch_bucket, launch_device, next_power_of_2
 
-# (BLOCK_M, BLOCK_D, BLOCK_B, num_warps, num_stages, buffer widths KP it serves). A config is
-# kept only at the KP it was built for without spills or stack on sm_80 and sm_90 in exact
-# fp32 ("ieee", whose FMA dot holds more registers than TF32's), TF32 and bf16, with and
-# without exclusions: by ``python -m tritonsparse._aot`` (no specialization) and with the
-# runtime's specialization (divisibility hints). Register use is not monotonic in KP: tiles
-# of 4 or 8 warps, or of two stages with BLOCK_B = 32, spilled 8-24 B at some KP in some
-# precision; this 16-warp tile stays at 79-124 registers and 0 stack at every KP.
-_TILES = [(16, 128, 16, 16, 1, (16, 32, 64, 128))]
+# (BLOCK_M, BLOCK_D, BLOCK_B, num_warps, num_stages, buffer widths KP it serves, exact fp32).
+# A config is kept only at the KP it was built for without spills or stack on sm_80 and
+# sm_90, by ``python -m tritonsparse._aot`` (the runtime's specialization, with the ints of
+# a representative launch): the exact-fp32 tile serves fp32 inputs ranked in exact fp32
+# ("ieee", an FMA dot that holds more registers), the other one TF32 and bf16, with and
+# without exclusions. Register use is not monotonic in KP: the 16-warp tile built with an
+# 8-24 B stack in exact fp32 on sm_80 at KP 16-64, the 8-warp one with a 32 B stack in
+# TF32 on sm_90 at KP 32, so each precision keeps the tile that stays at 0 stack.
+_TILES = [(16, 128, 16, 16, 1, (16, 32, 64, 128), False), (16, 128, 16, 8, 1, (16, 32, 64, 128), True)]
 MAX_KERNEL_KP = max(max(t[5]) for t in _TILES)  # wider buffers take the chunked GEMM path
 
 
@@ -76,11 +77,16 @@ def _kps(config) -> tuple:
 def _configs():
     # The interpreter keeps only the first config: a small tile that handles every case.
     configs = [triton.Config({"BLOCK_M": 16, "BLOCK_D": 16, "BLOCK_B": 16}, num_warps=4, num_stages=2)]
-    for bm, bd, bb, w, st, kps in _TILES:
+    for bm, bd, bb, w, st, kps, exact in _TILES:
         c = triton.Config({"BLOCK_M": bm, "BLOCK_D": bd, "BLOCK_B": bb}, num_warps=w, num_stages=st)
-        c.kps = kps
+        c.kps, c.exact_fp32 = kps, exact
         configs.append(c)
     return configs
+
+
+def _serves(config, kp: int, exact_fp32: bool) -> bool:
+    """Whether ``config`` was built (spill-free) for buffer width ``kp`` in this precision."""
+    return kp in _kps(config) and getattr(config, "exact_fp32", None) == exact_fp32
 
 
 def _prune(configs, named_args, **kwargs):
@@ -92,7 +98,9 @@ def _prune(configs, named_args, **kwargs):
         raise ValueError(f"gradient_topk kernel: KP={kp} is past {MAX_KERNEL_KP}; use gradient_topk_chunked")
     b = int(named_args["b_bucket"])
     out = int(named_args["out_features"])
-    fit = [c for c in configs if kp in _kps(c)]
+    precision = kwargs.get("PRECISION", named_args.get("PRECISION"))
+    exact = named_args["x_ptr"].dtype == torch.float32 and precision == "ieee"
+    fit = [c for c in configs if _serves(c, kp, exact)]
     kept = [c for c in fit if c.kwargs["BLOCK_B"] <= max(b, 16) and c.kwargs["BLOCK_M"] <= max(next_power_of_2(out), 16)]
     return kept or fit[:1]
 
@@ -292,8 +300,9 @@ def _aot_specs():
                                "stride_ex_n", "stride_ex_k", "stride_s_n", "stride_i_n")}
     specs = []
     for kp in sorted({kp for t in _TILES for kp in t[5]}):
-        holder = SimpleNamespace(fn=_gradient_topk_kernel.fn, configs=[c for c in _configs() if kp in _kps(c)])
         for dt, prec in (("fp32", "ieee"), ("fp32", "tf32"), ("bf16", "ieee")):
+            exact = dt == "fp32" and prec == "ieee"
+            holder = SimpleNamespace(fn=_gradient_topk_kernel.fn, configs=[c for c in _configs() if _serves(c, kp, exact)])
             for has_ex in (False, True):
                 sig = {"x_ptr": f"*{dt}", "go_ptr": f"*{dt}", "ex_ptr": "*i32", "scores_ptr": "*i32",
                        "idx_ptr": "*i64", **ints}
