@@ -98,10 +98,13 @@ def test_aot_specs_cover_fp32_and_bf16():
 
     dtypes = {sig["x_ptr"] for _, sig, _ in mod.AOT_SPECS}
     assert dtypes == {"*fp32", "*bf16"}
+    built = set()
     for autotuner, sig, constexprs in mod.AOT_SPECS:
         assert hasattr(autotuner, "fn") and constexprs["KP"] >= 16
-        for cfg in autotuner.configs:  # every config fits the register budget at this KP
-            assert mod._fits(cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_D"], constexprs["KP"], cfg.num_warps)
+        for cfg in autotuner.configs:  # each config is built at every KP the prune keeps it for
+            assert constexprs["KP"] in mod._kps(cfg)
+            built.add((tuple(cfg.kwargs.items()), cfg.num_warps, cfg.num_stages))
+    assert len(built) == len(mod._configs()) - 1  # every GPU config is built
 
 
 @pytest.mark.gpu
@@ -171,11 +174,11 @@ def test_long_lists_take_the_chunked_path(monkeypatch, k, kx):
     import tritonsparse.kernels.gradient_topk as mod
 
     monkeypatch.setenv("TRITONSPARSE_BACKEND", "triton")
-    monkeypatch.setattr(mod, "_CHUNK_BYTES", 12 * 600 * 7)  # 7 rows per chunk: several chunks
+    monkeypatch.setattr(mod, "_CHUNK_BYTES", 12 * 600 * 7)  # 5 rows per chunk: several chunks
     x, g = _int_data(5, 23, 600)
     ex = _exclude(23, 600, kx) if kx else None
     assert not mod.uses_fused_kernel(k, kx) and mod.uses_fused_kernel(100, 28)
-    assert mod.chunk_rows(23, 600) == 7
+    assert mod.chunk_rows(23, 600) == 12 * 7 // 16
     scores, cols = gradient_topk(x, g, k, ex)
     ref_s, ref_c = gradient_topk_reference(x, g, k, ex)
     assert torch.equal(cols, ref_c)
@@ -184,17 +187,17 @@ def test_long_lists_take_the_chunked_path(monkeypatch, k, kx):
 
 def test_kernel_prune_never_falls_back_past_the_cap():
     """No config is kept past KP = 128 (the old fallback built a 255-register, 5.4 KB-stack
-    kernel there), and at every KP up to the cap the prune keeps a config that fits."""
+    kernel there), and at every KP up to the cap the prune keeps a config built for it."""
     from tritonsparse.kernels import gradient_topk as mod
 
     configs = mod._configs()  # the full list (the interpreter's autotuner keeps one)
     for kp in (16, 32, 64, 128):
         for b, out in ((16, 16), (256, 768), (4096, 100000)):
             kept = mod._prune(configs, {"b_bucket": b, "out_features": out}, KP=kp)
-            assert kept and all(mod._fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_D"], kp, c.num_warps) for c in kept)
+            assert kept and all(kp in mod._kps(c) for c in kept)
     with pytest.raises(ValueError, match="KP=256"):
         mod._prune(configs, {"b_bucket": 256, "out_features": 768}, KP=256)
-    assert {sp[2]["KP"] for sp in mod.AOT_SPECS} == {64, mod.MAX_KERNEL_KP}
+    assert max(sp[2]["KP"] for sp in mod.AOT_SPECS) == mod.MAX_KERNEL_KP == 128
     assert {sp[2]["PRECISION"] for sp in mod.AOT_SPECS} == {"ieee", "tf32"}
 
 
@@ -238,3 +241,44 @@ def test_chunked_cost_model_matches_the_documented_figures():
     exact, fast = chunked_cost_model(256, 3072, 768), chunked_cost_model(256, 3072, 768, tf32=True)
     assert [round(exact[k]) for k in ("gemm_us", "chunked_us", "dense_topk_us")] == [26, 73, 49]
     assert [round(fast[k]) for k in ("gemm_us", "chunked_us", "dense_topk_us")] == [5, 52, 28]
+
+
+def test_cuda_dispatch_is_chosen_by_size():
+    """On CUDA a product that fits in one chunk takes the chunked path (modeled faster);
+    a larger one takes the fused kernel when its buffer allows; the interpreter always
+    runs the kernel when it can (so the kernel stays tested)."""
+    from tritonsparse.kernels.gradient_topk import uses_fused_kernel
+
+    assert not uses_fused_kernel(23, 77, 3072, 768, cuda=True)  # ViT-B fc1: 9.4 MB of G
+    assert uses_fused_kernel(23, 77, 100_000, 4096, cuda=True)  # 1.6 GB of G
+    assert not uses_fused_kernel(100, 100, 100_000, 4096, cuda=True)  # buffer 256: chunked
+    assert uses_fused_kernel(23, 77, 3072, 768, cuda=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_fused_kernel_cuda(dtype):
+    """The fused kernel itself on CUDA (the dispatcher sends products this small to the
+    chunked path), exact products, ties and exclusions."""
+    from tritonsparse.kernels import gradient_topk as mod
+
+    x, g = _int_data(257, 129, 1000, dtype, "cuda")
+    ex = _exclude(129, 1000, 33).cuda()
+    scores = torch.empty(129, 40, dtype=torch.float32, device="cuda")
+    cols = torch.empty(129, 40, dtype=torch.int64, device="cuda")
+    mod.gradient_topk(x, g, 40, ex, scores, cols)
+    ref_s, ref_c = gradient_topk_reference(x, g, 40, ex)
+    torch.testing.assert_close(scores, ref_s, rtol=0, atol=0)
+    assert torch.equal(cols, ref_c)
+
+
+def test_chunked_path_ties_and_padding():
+    """All-equal scores and rows with fewer than k allowed columns: the chunked path pads
+    with -1 / -inf and orders ties by column, like the reference and the kernel."""
+    from tritonsparse.kernels.gradient_topk import gradient_topk_chunked
+
+    x, g = torch.ones(4, 18), torch.ones(4, 5)
+    ex = _exclude(5, 18, 6, pad=False)
+    got, ref = gradient_topk_chunked(x, g, 14, ex), gradient_topk_reference(x, g, 14, ex)
+    assert torch.equal(got[1], ref[1]) and torch.equal(got[0], ref[0])
+    assert (got[1][:, 12:] == -1).all()

@@ -213,3 +213,26 @@ def test_report_cli_smoke(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tritonsparse.sass", "fwd", "--in", "8"], capture_output=True,
                          text=True, env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
     assert bad.returncode == 2 and "--batch" in bad.stderr
+
+
+@linux_only
+def test_gradient_topk_at_srigl_k_launches_only_spill_checked_builds():
+    """At SRigL's k for the 90% ViT-B MLP (k = 2K: 154 and 614, no exclusions) gradient_topk
+    launches no fused kernel wider than the widest buffer the AOT sweep builds and checks
+    for spills (``MAX_KERNEL_KP``); past it the op takes the GEMM path."""
+    script = (
+        "import json\n"
+        "from tritonsparse.kernels.gradient_topk import MAX_KERNEL_KP\n"
+        "from tritonsparse.sass.problems import Problem, capture\n"
+        "out = {}\n"
+        "for i, o, k in ((768, 3072, 154), (3072, 768, 614), (3072, 768, 100)):\n"
+        "    launches, ops = capture(Problem('topk', i, o, k, 256))\n"
+        "    out[k] = {'kp': [l.args.get('KP') for l in launches], 'ops': [x.name for x in ops],\n"
+        "              'max': MAX_KERNEL_KP}\n"
+        "print(json.dumps(out))\n"
+    )
+    got = json.loads(_run(["-c", script], timeout=300).strip().splitlines()[-1])
+    for k, g in got.items():
+        assert all(kp is not None and kp <= g["max"] for kp in g["kp"]), (k, g)
+        assert g["kp"] or "mm" in g["ops"], (k, g)  # a kernel or the GEMM path
+    assert got["100"]["kp"] == [128]  # k = 100 fits the fused kernel's widest buffer

@@ -78,29 +78,60 @@ def test_empty_batch_writes_zeros():
     assert (out == 0).all()
 
 
-def test_dw_split_slices_fit_l1_and_fill_the_gpu():
-    from tritonsparse.kernels.condensed_dw import _L1_SLICE_BYTES, _MIN_SLICE, dw_split
+def test_dw_split_regimes():
+    from tritonsparse.kernels.condensed_dw import _L1_BYTES, _MAX_SPLITS, dw_split
 
-    assert dw_split(768, 307, 16, 3072, 2) == (1, 16)  # small batch: one slice
-    for n, k, batch, in_f, es in [(768, 307, 256, 3072, 4), (3072, 77, 256, 768, 4), (64, 8, 4096, 128, 2),
-                                  (4, 4, 1000, 50000, 4)]:
-        splits, per = dw_split(n, k, batch, in_f, es)
-        assert per % 32 == 0 and per >= _MIN_SLICE
-        assert splits == -(-batch // per) and (splits - 1) * per < batch  # no empty slice
-        assert per == _MIN_SLICE or in_f * per * es <= 2 * _L1_SLICE_BYTES or splits * 16 * 16 >= 1024
-    # few tiles: more slices so the GPU has enough programs
-    assert dw_split(16, 16, 4096, 64, 4)[0] >= 64
+    assert dw_split(768, 307, 16, 3072, 2) == (1, 16, 0)  # small batch: one slice, a program per tile
+    for n, k, batch, in_f, es in [(3072, 77, 256, 768, 4), (3072, 77, 4096, 768, 4), (64, 8, 256, 128, 4),
+                                  (768, 307, 256, 3072, 4), (768, 307, 4096, 3072, 4), (5, 3, 1000, 50000, 2)]:
+        splits, per, programs = dw_split(n, k, batch, in_f, es)
+        assert splits == -(-batch // per) <= _MAX_SPLITS and (splits - 1) * per < batch  # no empty slice
+        if 2 * in_f * 32 * es <= _L1_BYTES:  # slice-affine: two slices fit in L1, ~2 programs per SM
+            assert programs > 0 and (2 * in_f * per * es <= _L1_BYTES or splits == _MAX_SPLITS)
+            assert 2 * 132 <= splits * programs < 2 * 132 + splits
+        else:  # a program per tile, slices of >= 32 columns
+            assert programs == 0 and per % 32 == 0
+    assert dw_split(3072, 77, 256, 768, 4) == (8, 32, 33)  # ViT-B fc1, fp32
+    assert dw_split(768, 307, 256, 3072, 4) == (8, 32, 0)  # ViT-B fc2, fp32
+
+
+@interpreter_only
+def test_slice_affine_programs_walk_many_tiles(monkeypatch):
+    """Few programs per slice, each looping over many tiles, give the same result."""
+    import tritonsparse.kernels.condensed_dw as mod
+
+    monkeypatch.setattr(mod, "dw_split", lambda n, k, b, i, e: (5, 8, 2))  # 5 slices of 8, 2 programs each
+    out, ref, *_ = _run(37, 23, 21, 19)  # tiles of 16 x 16: 2 x 2 = 4 per slice, 2 per program
+    assert not out.isnan().any()
+    assert_close(out, ref, torch.float32, 37, "dvalues")
 
 
 def test_grid_puts_tiles_on_axis_0():
     """The tiles (which can pass 65,535) go on axis 0, the slices on axis 1."""
     from tritonsparse.kernels.condensed_dw import dw_grid
 
-    gx, gy = dw_grid(3_000_000, 40, 8, {"BLOCK_N": 16, "BLOCK_K": 16})
-    assert gx == 187_500 * 3 and gy == 8
+    meta = {"BLOCK_N": 16, "BLOCK_K": 16}
+    assert dw_grid(3_000_000, 40, 8, 0, meta) == (187_500 * 3, 8)
+    assert dw_grid(3_000_000, 40, 8, 33, meta) == (33, 8)
+    assert dw_grid(20, 10, 8, 33, meta) == (2, 8)  # never more programs than tiles
 
 
 def test_autotune_keys_are_bucketed():
     from tritonsparse.kernels.condensed_dw import _condensed_dw_kernel
 
     assert set(_condensed_dw_kernel.keys) == {"n_bucket", "k_bucket", "b_bucket"}
+
+
+@interpreter_only
+def test_launcher_enters_the_tensors_device(monkeypatch):
+    """The launch runs under the inputs' device context (torch.cuda.device(x.device) on
+    CUDA; a no-op on CPU)."""
+    import contextlib
+
+    import tritonsparse.kernels.condensed_dw as mod
+
+    seen = []
+    monkeypatch.setattr(mod, "launch_device", lambda t: seen.append(t) or contextlib.nullcontext())
+    xT, gT = torch.randn(11, 5), torch.randn(3, 5)
+    mod.condensed_dw(xT, gT, random_indices(3, 2, 11), torch.empty(3, 2))
+    assert len(seen) == 1 and seen[0] is xT

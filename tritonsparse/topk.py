@@ -15,11 +15,12 @@ def gradient_topk(x: torch.Tensor, grad_output: torch.Tensor, k: int, exclude: t
     """Per output row, the ``k`` input columns with the largest ``|(grad_outputᵀ x)[row, d]|``.
 
     ``grad_outputᵀ x`` is the gradient of the loss with respect to a linear layer's dense
-    weight (out, in); this finds its per-row top-k without keeping it: for
-    ``k + Kx <= 128`` one fused Triton kernel (``tl.dot`` tiles merged into a running
-    per-row top-k, extra memory O(out·k)); for larger lists row chunks of the product
-    through the GEMM and ``torch.topk`` (extra memory one chunk, at most 256 MB). See
-    :mod:`tritonsparse.kernels.gradient_topk` for both designs and their modeled cost.
+    weight (out, in); this finds its per-row top-k without keeping it whole: row chunks
+    of the product through the GEMM and ``torch.topk`` (extra memory one chunk, at most
+    256 MB), or, for ``k + Kx <= 128`` when the product would not fit in one chunk (and
+    always in Triton's interpreter), one fused Triton kernel (``tl.dot`` tiles merged into a
+    running per-row top-k, extra memory O(out·k)). Both give the same columns. See
+    :mod:`tritonsparse.kernels.gradient_topk` for the designs and their modeled cost.
     Gradients accumulated over micro-batches are handled by concatenating them along
     the batch: the product sums over it.
 
@@ -82,7 +83,7 @@ def gradient_topk(x: torch.Tensor, grad_output: torch.Tensor, k: int, exclude: t
 
     kx = exclude.shape[1] if exclude is not None else 0
     on_gpu = x.device.type == "cuda"
-    if not kern.uses_fused_kernel(k, kx):
+    if not kern.uses_fused_kernel(k, kx, out_features, in_features, cuda=on_gpu):
         return kern.gradient_topk_chunked(x, grad_output, k, exclude, tf32=tf32 and on_gpu)
     scores = torch.empty(out_features, k, dtype=torch.float32, device=x.device)
     indices = torch.empty(out_features, k, dtype=torch.int64, device=x.device)

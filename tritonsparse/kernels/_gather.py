@@ -5,14 +5,15 @@ Both kernels compute, for a tile of output rows r and batch columns b,
     acc[r, b] += val[r, k] * xT[idx[r, k], b]
 
 over the nonzeros k of each row, with no reduction inside the loop. Two tile shapes,
-chosen by the batch regime (see ``_configs``):
+chosen by the config (see ``_configs``):
 
-* :func:`rows_step` (batch >= 32): a 2-D (BLOCK_N, BLOCK_B) accumulator and ``UNROLL``
+* :func:`rows_step` (tiles with BLOCK_K == 1, batch >= 32): a 2-D (BLOCK_N, BLOCK_B) accumulator and ``UNROLL``
   nonzeros per step, one at a time. Each thread holds whole 128-bit batch vectors of its
   rows; a row's index and value are loaded once per thread and feed every FMA of that
   row. The row pointers are loop-invariant, so the ``UNROLL`` loads of a step use
   immediate offsets.
-* :func:`chunk_step` (batch <= 16): a 3-D (BLOCK_N, BLOCK_K, BLOCK_B) accumulator with the
+* :func:`chunk_step` (BLOCK_K > 1; every small batch, and 16-column tiles at large
+  batch): a 3-D (BLOCK_N, BLOCK_K, BLOCK_B) accumulator with the
   nonzeros of a row spread over lanes, so a warp reads a row's indices and values as one
   coalesced run (memory-bound regime: these bytes dominate). The K axis is summed once,
   after the loop, by the caller.

@@ -14,9 +14,9 @@ channels-last); y and grad_y are contiguous NCHW. dX is not here: the layer comp
 the condensed dX of the unfolded gradient followed by ``F.fold`` (see
 :mod:`tritonsparse.conv_ops`).
 
-Forward. ``xpad`` is made real, once per call: one ``F.pad`` writes a contiguous
-(B, C + 1, H + 2·ph, W + 2·pw) copy whose extra channel is all zero (costs one read and
-one write of x, and that much memory while the kernel runs). A small kernel then decodes
+Forward. ``xpad`` is made real, once per call: one ``F.pad`` writes a (B, C + 1,
+H + 2·ph, W + 2·pw) copy in x's memory format whose extra channel is all zero (one read
+and one write of x, and that much memory while the kernel runs). A small kernel then decodes
 every index once into an (n, K) table of tap offsets into the copy; an index outside
 [0, C·kh·kw), a fan-in tail slot and a row past n all point at the zero channel. The
 forward program owns a (BLOCK_N output channels x BLOCK_P pixels) tile of y (a 1-D grid,
@@ -24,8 +24,8 @@ channel blocks fastest) and walks the fan-in in chunks of BLOCK_K: per element o
 (BLOCK_N, BLOCK_K, BLOCK_P) gather there is no decode, no padding test and no mask, only
 ``tap offset + pixel offset``, the load and an FMA into a 3-D fp32 accumulator that is
 reduced over the fan-in once, after the loop. sm_90 SASS of the hot loop (ResNet-18 CIFAR
-layer, 64 -> 64 channels, 3x3, K = 58, batch 128, runtime specialization): 5.8-8.2 warp
-instructions per FMA in fp32 and 7.1-10.2 in bf16 over the tiles the autotuner would time,
+layer, 64 -> 64 channels, 3x3, K = 58, batch 128, runtime specialization): 5.8-9.6 warp
+instructions per FMA in fp32 and 7.1-11.6 in bf16 over the tiles the autotuner would time,
 no shared memory, no barrier, 0 spills (it was 28-84 with the decode and the padding
 tests inside the loop).
 
@@ -44,12 +44,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import autotune, batch_bucket, launch_device, next_power_of_2, size_bucket
+from .._triton import autotune, batch_bucket, launch_device, size_bucket
+from .condensed_dw import tile_indices
 
 # (BLOCK_N, BLOCK_K, BLOCK_P, num_warps). Triton spreads the lanes and warps of the 3-D
 # tile over the pixels first, so a thread holds BLOCK_P / (32·num_warps) pixels of each of
 # its (channel, slot) pairs: the forward's tiles keep that ratio at 2-8, so one tap-offset
-# and one value load serve several FMAs (the sm_90 hot loop is ~6-8 warp instructions per
+# and one value load serve several FMAs (the sm_90 hot loop is ~6-10 warp instructions per
 # FMA, no shared memory or barrier; see the module docstring). The first tile is the one
 # the interpreter runs.
 _FWD_TILES = [
@@ -213,12 +214,8 @@ def _condensed_conv_dw_kernel(
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_s = tl.program_id(2)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    row_mask = rows < n
-    nk_mask = row_mask[:, None] & (ks < K)[None, :]
-    rows64 = rows.to(tl.int64)
-    idx = tl.load(indices_ptr + rows64[:, None] * stride_i_n + ks[None, :] * stride_i_k, mask=nk_mask, other=0)
+    rows, ks, row_mask, nk_mask, rows64, idx = tile_indices(indices_ptr, pid_n, pid_k, n, K, stride_i_n, stride_i_k,
+                                                            BLOCK_N, BLOCK_K)
     dy, dx, tap_off = _decode_taps(idx, n_taps, KH, KW, dil_h, dil_w, stride_xc, stride_xh, stride_xw)
     gy_rows = gy_ptr + rows64[:, None] * stride_gy_n
 
@@ -246,9 +243,9 @@ def _geometry_args(x, out_hw, kernel_size, stride, padding, dilation):
 
 
 def pad_input(x, padding):
-    """x (B, C, H, W) -> (B, C + 1, H + 2·ph, W + 2·pw), contiguous: the zero padding made
-    real and one all-zero extra channel (what masked slots read). One ``F.pad`` (reads x
-    once, writes the copy once)."""
+    """x (B, C, H, W) -> (B, C + 1, H + 2·ph, W + 2·pw) in x's memory format (NCHW or
+    channels-last): the zero padding made real and one all-zero extra channel (what masked
+    slots read). One ``F.pad`` (reads x once, writes the copy once)."""
     import torch.nn.functional as F
 
     return F.pad(x, (padding[1], padding[1], padding[0], padding[0], 0, 1))

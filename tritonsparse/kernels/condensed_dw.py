@@ -2,22 +2,33 @@
 
     dvalues[j, k] = sum_b grad_y[b, j] * x[b, indices[j, k]]
 
-A program owns a (BLOCK_N rows x BLOCK_K fan-in slots) tile of dvalues and one *slice*
-of the batch: it loads its indices once, then walks its slice in chunks of BLOCK_B,
-gathering ``xT[indices, b0:b0+BLOCK_B]`` (contiguous along the batch) and multiplying it
-by the matching ``grad_yT`` (n, B) chunk into a 3-D (BLOCK_N, BLOCK_K, BLOCK_B) fp32
-accumulator. The batch axis is reduced once, after the loop: no shuffle or barrier in
-the hot loop.
+A program walks (BLOCK_N rows x BLOCK_K fan-in slots) tiles of dvalues over one *slice*
+of the batch: per tile it loads the indices once, then walks the slice in chunks of
+BLOCK_B, gathering ``xT[indices, b0:b0+BLOCK_B]`` (contiguous along the batch) and
+multiplying it by the matching ``grad_yT`` (n, B) chunk into a 3-D (BLOCK_N, BLOCK_K,
+BLOCK_B) fp32 accumulator; the batch axis is reduced once per tile, after the loop (no
+shuffle or barrier in the hot loop). Each slice writes an fp32 partial sum of n x K; the
+slices are summed after the kernel (deterministic: no atomics). With one slice the kernel
+writes the output directly.
 
-Why slices (the batch split over a second grid axis): a program that walks the whole
-batch streams a B-long row of x per gathered slot, and the rows of all slots of an SM
-(in_features x B x element size: 3 MB for a 3072-wide fp32 layer at batch 256) do not fit
-its L1, so every gathered element came from L2 (4 B of L2 traffic per FMA in fp32). A
-slice of ``b_per_split`` columns keeps the x columns a wave of programs touches near
-``in_features x b_per_split x element size``, sized by :func:`dw_split` to fit L1, and
-adds programs when the (rows x fan-in) tiles alone would not fill the GPU. Each slice
-writes an fp32 partial sum; the slices are summed after the kernel (deterministic: no
-atomics). With one slice the kernel writes the output directly.
+Why slices: a program that walks the whole batch streams a B-long row of x per gathered
+slot, and those rows (in_features x B x element size: 3 MB for a 3072-wide fp32 layer at
+batch 256) do not fit an SM's L1, so every gathered element came from L2 (4 B per FMA in
+fp32). :func:`dw_split` picks one of two regimes:
+
+* **slice-affine programs** when two slices of >= 32 columns of x fit in L1 (ViT-B fc1,
+  768 wide, fp32: slices of 32): about two programs per SM in all, each walking many tiles
+  over its one slice, so an SM reads its slices' x columns from L2 about once.
+* **a program per tile** otherwise (ViT-B fc2, 3072 wide), slices of >= 32 columns sized
+  for L1: each SM then sees only ~n·K/132 slots per slice, too few for much L1 reuse.
+
+**Modeled** on an H100 SXM (sm_90 SASS with the runtime's specialization; 90% sparse ViT-B
+MLP, fp32, batch 256; the shared SASS roofline model's constants; the slice-affine figures
+from an estimate that charges each program's whole tile loop at one instruction per
+scheduler cycle against L2 traffic, plus the partial-sum reduction): 768 -> 3072 19 µs
+(0.9 B of L2 traffic per FMA; 28 µs one program per tile, 42 µs before the change);
+3072 -> 768 47 µs (4.1 B per FMA, L2-bound; 48 µs before). Dense fp32 SGEMM: 26 µs.
+bf16 batch 16: 3.6 µs (4.1 before).
 
 Indices outside ``[0, in_features)`` are never dereferenced: such a slot reads row 0 of x
 (always in bounds) and its dvalue is stored as 0.
@@ -59,6 +70,20 @@ def _prune_dw(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
+@triton.jit
+def tile_indices(indices_ptr, pid_n, pid_k, n, K, stride_i_n, stride_i_k,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The (BLOCK_N rows x BLOCK_K slots) tile (pid_n, pid_k) of an (n, K) index array:
+    ``(rows, slots, row mask, tile mask, int64 rows, indices)``; masked slots read 0."""
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    row_mask = rows < n
+    nk_mask = row_mask[:, None] & (ks < K)[None, :]
+    rows64 = rows.to(tl.int64)
+    idx = tl.load(indices_ptr + rows64[:, None] * stride_i_n + ks[None, :] * stride_i_k, mask=nk_mask, other=0)
+    return rows, ks, row_mask, nk_mask, rows64, idx
+
+
 @autotune(configs=_dw_configs(), key=["n_bucket", "k_bucket", "b_bucket"], prune_configs_by={"early_config_prune": _prune_dw})
 @triton.jit
 def _condensed_dw_kernel(
@@ -70,74 +95,93 @@ def _condensed_dw_kernel(
     stride_dv_s, stride_dv_n, stride_dv_k,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
-    # axis 0: (row block, fan-in block) tiles, fan-in blocks fastest so the programs of a
-    # row block (which share its grad_y rows) run together; axis 1: batch slices
+    # axis 1: the batch slice; axis 0: a program's share of the (row block, fan-in block)
+    # tiles, visited with a stride of the axis-0 size (one tile each when the grid holds
+    # every tile, many when few programs stay on one slice: its x columns then stay in L1)
     pid = tl.program_id(0)
+    n_progs = tl.num_programs(0)
     pid_s = tl.program_id(1)
     k_blocks = tl.cdiv(K, BLOCK_K)
-    pid_n = pid // k_blocks
-    pid_k = pid - pid_n * k_blocks
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    row_mask = rows < n
-    nk_mask = row_mask[:, None] & (ks < K)[None, :]
-    rows64 = rows.to(tl.int64)
-    idx = tl.load(indices_ptr + rows64[:, None] * stride_i_n + ks[None, :] * stride_i_k, mask=nk_mask, other=0)
-    idx = idx.to(tl.int32)
-    in_range = (idx >= 0) & (idx < in_features)
-    idx = tl.where(in_range, idx, 0)  # never read outside x; the slot is zeroed below
-    x_base = xT_ptr + idx.to(tl.int64)[:, :, None] * stride_xt_i
-    # grad_y is loaded as (BLOCK_N, 1, BLOCK_B), already in the gathered tile's layout:
-    # no layout conversion through shared memory inside the loop
-    gy_base = gyT_ptr + rows64[:, None, None] * stride_gyt_n
-
+    n_tiles = tl.cdiv(n, BLOCK_N) * k_blocks
     b_start = pid_s * b_per_split
     b_end = tl.minimum(b_start + b_per_split, B)
-    acc = tl.zeros((BLOCK_N, BLOCK_K, BLOCK_B), dtype=tl.float32)
-    for b0 in range(b_start, b_end, BLOCK_B):
-        bs = b0 + tl.arange(0, BLOCK_B)
-        b_mask = bs < b_end
-        gy = tl.load(gy_base + bs[None, None, :], mask=row_mask[:, None, None] & b_mask[None, None, :], other=0.0)
-        xg = tl.load(x_base + bs[None, None, :], mask=b_mask[None, None, :], other=0.0)
-        acc = tl.fma(xg.to(tl.float32), gy.to(tl.float32), acc)
+    for t in range(pid, n_tiles, n_progs):
+        pid_n = t // k_blocks
+        pid_k = t - pid_n * k_blocks
+        rows, ks, row_mask, nk_mask, rows64, idx = tile_indices(indices_ptr, pid_n, pid_k, n, K, stride_i_n, stride_i_k,
+                                                                BLOCK_N, BLOCK_K)
+        idx = idx.to(tl.int32)
+        in_range = (idx >= 0) & (idx < in_features)
+        idx = tl.where(in_range, idx, 0)  # never read outside x; the slot is zeroed below
+        x_base = xT_ptr + idx.to(tl.int64)[:, :, None] * stride_xt_i
+        # grad_y is loaded as (BLOCK_N, 1, BLOCK_B), already in the gathered tile's layout
+        gy_base = gyT_ptr + rows64[:, None, None] * stride_gyt_n
 
-    dv = tl.where(in_range, tl.sum(acc, axis=2), 0.0)
-    dv_ptrs = dv_ptr + pid_s.to(tl.int64) * stride_dv_s + rows64[:, None] * stride_dv_n + ks[None, :] * stride_dv_k
-    tl.store(dv_ptrs, dv.to(dv_ptr.dtype.element_ty), mask=nk_mask)
+        acc = tl.zeros((BLOCK_N, BLOCK_K, BLOCK_B), dtype=tl.float32)
+        for b0 in range(b_start, b_end, BLOCK_B):
+            bs = b0 + tl.arange(0, BLOCK_B)
+            b_mask = bs < b_end
+            gy = tl.load(gy_base + bs[None, None, :], mask=row_mask[:, None, None] & b_mask[None, None, :], other=0.0)
+            xg = tl.load(x_base + bs[None, None, :], mask=b_mask[None, None, :], other=0.0)
+            acc = tl.fma(xg.to(tl.float32), gy.to(tl.float32), acc)
+
+        dv = tl.where(in_range, tl.sum(acc, axis=2), 0.0)  # the batch reduced once per tile
+        dv_ptrs = dv_ptr + pid_s.to(tl.int64) * stride_dv_s + rows64[:, None] * stride_dv_n + ks[None, :] * stride_dv_k
+        tl.store(dv_ptrs, dv.to(dv_ptr.dtype.element_ty), mask=nk_mask)
 
 
 # -- the batch split --------------------------------------------------------------------
-_L1_SLICE_BYTES = 96 * 1024  # x columns a wave of programs should keep in an SM's L1 (of ~200 KB)
-_MIN_SLICE = 32  # columns per slice: the fp32 partial sums cost 8 B / 32 = 0.25 B per FMA at most
-_TARGET_PROGRAMS = 1024  # enough programs for several waves on a 132-SM GPU
-_SLICE_GRAIN = 32  # slices are multiples of the widest BLOCK_B
+_L1_BYTES = 192 * 1024  # L1 an SM can give to cached x columns (of 256 KB with shared memory)
+_MIN_SLICE = 32  # columns per slice when x fits in L1 anyway: partial sums <= 0.25 B per FMA
+_MAX_SPLITS = 32  # slices (fp32 partial sums of n x K each)
+_RESIDENT = 2  # programs per SM assumed when programs stay on one slice
+_SMS = 132  # an H100 SXM; more SMs only lower the reuse a little
+_TARGET_PROGRAMS = 1024  # enough programs for several waves when each owns one tile
 
 
-def dw_split(n: int, K: int, batch: int, in_features: int, element_size: int) -> tuple[int, int]:
-    """``(splits, b_per_split)`` for the dvalues kernel: slices of the batch narrow enough
-    that ``in_features x b_per_split x element_size`` fits in L1 (at least 32 columns), and
-    enough of them to fill the GPU when the (rows x fan-in) tiles are few. A batch of 32
-    or less is not split."""
+def dw_split(n: int, K: int, batch: int, in_features: int, element_size: int) -> tuple[int, int, int]:
+    """``(splits, b_per_split, programs_per_slice)`` for the dvalues kernel
+    (``programs_per_slice == 0``: one program per tile).
+
+    * batch <= 32: one slice, one program per tile.
+    * **slice-affine programs**, when two slices of at least 32 columns of x fit in an SM's
+      L1 (``2 x in_features x 32 x element_size`` <= 192 KB): slices as wide as that
+      allows (at most 32 of them), and about two programs per SM in all, each walking many
+      tiles over its one slice, so an SM reads the x columns of its slices from L2 about
+      once instead of once per gathered slot.
+    * otherwise a program per tile, the batch in slices of >= 32 columns sized for L1 (and
+      more of them if needed to fill the GPU, at most 32); each SM then sees only about n·K/132 slots
+      per slice, too few for much L1 reuse, so wide layers stay L2-bound.
+    Each slice is an fp32 partial sum of n x K, summed after the kernel.
+    """
     if batch <= _MIN_SLICE:
-        return 1, max(batch, 1)
-    by_l1 = _L1_SLICE_BYTES // max(in_features * element_size, 1)
-    cols = max(_MIN_SLICE, 1 << (max(by_l1, 1).bit_length() - 1))  # a power of two >= 32
-    splits = triton.cdiv(batch, cols)
+        return 1, max(batch, 1), 0
+    fit = _L1_BYTES // max(_RESIDENT * in_features * element_size, 1)  # columns of x two slices can keep in L1
+    if fit >= _MIN_SLICE:
+        per = max(1 << (fit.bit_length() - 1), 1 << (triton.cdiv(batch, _MAX_SPLITS) - 1).bit_length())
+        per = min(per, 1 << (batch - 1).bit_length())
+        splits = triton.cdiv(batch, per)
+        return splits, per, max(1, triton.cdiv(_RESIDENT * _SMS, splits))
+    by_l1 = _L1_BYTES // max(in_features * element_size, 1)  # columns of x one slice keeps in L1
+    per = max(_MIN_SLICE, 1 << (max(by_l1, 1).bit_length() - 1))
     tiles = triton.cdiv(max(n, 1), 16) * triton.cdiv(max(K, 1), 16)
-    splits = max(splits, min(triton.cdiv(_TARGET_PROGRAMS, tiles), triton.cdiv(batch, _MIN_SLICE)))
-    per = triton.cdiv(triton.cdiv(batch, splits), _SLICE_GRAIN) * _SLICE_GRAIN
-    return triton.cdiv(batch, per), per
+    splits = max(triton.cdiv(batch, per), min(triton.cdiv(_TARGET_PROGRAMS, tiles), triton.cdiv(batch, _MIN_SLICE)))
+    splits = min(splits, _MAX_SPLITS)
+    per = triton.cdiv(triton.cdiv(batch, splits), _MIN_SLICE) * _MIN_SLICE
+    return triton.cdiv(batch, per), per, 0
 
 
-def dw_grid(n: int, K: int, splits: int, meta) -> tuple[int, int]:
-    """Launch grid: the tiles on axis 0 (up to 2**31 - 1), the batch slices on axis 1."""
-    return triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(K, meta["BLOCK_K"]), splits
+def dw_grid(n: int, K: int, splits: int, programs: int, meta) -> tuple[int, int]:
+    """Launch grid: axis 0 the programs per slice (every tile, up to 2**31 - 1, when
+    ``programs`` is 0; else at most ``programs``), axis 1 the batch slices."""
+    tiles = triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(K, meta["BLOCK_K"])
+    return (tiles if programs == 0 else min(tiles, programs)), splits
 
 
 def condensed_dw(xT, grad_yT, indices, out, splits=None):
     """Launch the dvalues kernel. xT: (in_features, B) and grad_yT: (n, B), batch
     contiguous; indices: (n, K); out: (n, K), written in full. ``splits`` overrides the
-    batch split of :func:`dw_split` (for tests)."""
+    batch split of :func:`dw_split` (for tests; one program per tile)."""
     n, K = indices.shape
     in_features, B = xT.shape
     if B > 1 and (xT.stride(1) != 1 or grad_yT.stride(1) != 1):
@@ -149,14 +193,14 @@ def condensed_dw(xT, grad_yT, indices, out, splits=None):
     if B == 0:
         return out.zero_()
     if splits is None:
-        splits, per = dw_split(n, K, B, in_features, xT.element_size())
+        splits, per, programs = dw_split(n, K, B, in_features, xT.element_size())
     else:
-        per = triton.cdiv(triton.cdiv(B, max(1, int(splits))), _SLICE_GRAIN) * _SLICE_GRAIN if B > _SLICE_GRAIN else B
+        per, programs = triton.cdiv(B, max(1, int(splits))), 0
         splits = triton.cdiv(B, per)
     dst = out if splits == 1 else torch.empty(splits, n, K, dtype=torch.float32, device=out.device)
     stride_s = 0 if splits == 1 else dst.stride(0)
     with launch_device(xT):
-        _condensed_dw_kernel[lambda meta: dw_grid(n, K, splits, meta)](
+        _condensed_dw_kernel[lambda meta: dw_grid(n, K, splits, programs, meta)](
             xT, grad_yT, indices, dst,
             B, n, K, in_features, per,
             size_bucket(n), size_bucket(K), batch_bucket(per),

@@ -18,6 +18,12 @@ unequal length waste lanes. Two remedies, both host-side, computed once per patt
     deterministic.
 The kernel reads row r's nonzeros from ``starts[r]`` to ``ends[r]``: for plain rows these
 are ``crow`` and ``crow[1:]``, for segments two arrays of the plan.
+
+Loop bodies: those of the condensed forward (:mod:`._gather`): no reduction inside the
+hot loop, ``tl.fma`` into fp32 accumulators, gathers masked per nonzero so a column index
+outside [0, n_cols) is never read, whole steps unmasked up to the tile's shortest row and
+masked to its longest. One grid axis (row tiles fastest, then batch tiles); bias read
+with its stride; launched under the tensors' device; autotune keys bucketed.
 """
 from __future__ import annotations
 

@@ -2,8 +2,10 @@
 
     |G[row, d]|,   G = grad_outputᵀ @ x   (out, in)
 
-Two implementations, chosen by the per-row buffer width KP = next_power_of_2(k + Kx)
-(Kx: the excluded columns per row), :func:`uses_fused_kernel`:
+Two implementations giving the same columns, chosen by :func:`uses_fused_kernel` from the
+per-row buffer width KP = next_power_of_2(k + Kx) (Kx: the excluded columns per row) and,
+on CUDA, by size: the chunked path while the whole product fits in one chunk (it is
+modeled faster), the fused kernel past that when KP <= 128 (it never holds the product).
 
 **Fused kernel (KP <= 128).** G is never written. A program owns BLOCK_M output rows. It
 walks the input columns in tiles of TILE_D (= max(BLOCK_D, KP)): each tile of G is a
@@ -23,11 +25,15 @@ padding); after the last tile the excluded columns are struck out of the buffer 
 best k of the rest are exact. Extra memory: the (out, k) outputs.
 
 The merge holds a (BLOCK_M, 2·KP) int64 tensor in registers, so KP is capped at 128:
-every config the prune keeps up to KP = 128 builds for sm_80/sm_90 with 0 spills and 0
-stack (``python -m tritonsparse._aot``); the old fallback for KP = 1024 had 255
-registers, 5.4 KB of stack and a 7-minute compile.
+the kernel's config builds for sm_80/sm_90 with 0 spills and 0 stack at every KP up to
+128, with and without the runtime's specialization, in about 5-20 s each; the old
+fallback for KP = 1024 had 255 registers, 5.4 KB of stack and a 7-minute compile.
+**Modeled** (the shared SASS model's ``topk_estimate``: issue count of the sm_90 SASS at
+0.5 instructions per cycle per scheduler), ViT-B 768 -> 3072, fp32, batch 256: 122-148 µs
+at KP 16-64 and 136 µs at KP 128 exact (124 µs TF32), bound by the merge's sort network;
+hence the chunked path for products that fit in one chunk.
 
-**Row chunks through the GEMM (KP > 128).** :func:`gradient_topk_chunked`: rows of G in
+**Row chunks through the GEMM.** :func:`gradient_topk_chunked`: rows of G in
 chunks of at most ``_CHUNK_BYTES`` (a dense ``grad_output[:, rows]ᵀ @ x`` in fp32, exact
 unless ``tf32``), then the kernel's selection rule on fp32 scores (NaN and excluded
 columns -> -1; ``torch.topk`` for each row's k-th score, then the columns above it and the
@@ -43,58 +49,52 @@ then a spilling kernel) and is exact.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 import triton
 import triton.language as tl
 
-from types import SimpleNamespace
-
 from .._triton import autotune, batch_bucket, launch_device, next_power_of_2
 
-# Register budget, measured with the AOT compile (sm_80/sm_90, no spills): the fp32 tile,
-# its int64 keys and the (BLOCK_M, 2*KP) int64 merge hold about
-# BLOCK_M * (TILE_D + 2*KP) <= 1024 * num_warps elements.
-_MAX_ELEMS_PER_WARP = 1024
+# (BLOCK_M, BLOCK_D, BLOCK_B, num_warps, num_stages, buffer widths KP it serves). A config is
+# kept only at the KP it was built for without spills or stack on sm_80 and sm_90 in exact
+# fp32 ("ieee", whose FMA dot holds more registers than TF32's), TF32 and bf16, with and
+# without exclusions: by ``python -m tritonsparse._aot`` (no specialization) and with the
+# runtime's specialization (divisibility hints). Register use is not monotonic in KP: tiles
+# of 4 or 8 warps, or of two stages with BLOCK_B = 32, spilled 8-24 B at some KP in some
+# precision; this 16-warp tile stays at 79-124 registers and 0 stack at every KP.
+_TILES = [(16, 128, 16, 16, 1, (16, 32, 64, 128))]
+MAX_KERNEL_KP = max(max(t[5]) for t in _TILES)  # wider buffers take the chunked GEMM path
 
 
-def _tile_d(block_d: int, kp: int) -> int:
-    return max(block_d, kp)
-
-
-def _fits(bm, bd, kp, warps):
-    return bm * (_tile_d(bd, kp) + 2 * kp) <= _MAX_ELEMS_PER_WARP * warps
+def _kps(config) -> tuple:
+    """The buffer widths ``config`` is built for (none for the interpreter's config)."""
+    return getattr(config, "kps", ())
 
 
 def _configs():
     # The interpreter keeps only the first config: a small tile that handles every case.
     configs = [triton.Config({"BLOCK_M": 16, "BLOCK_D": 16, "BLOCK_B": 16}, num_warps=4, num_stages=2)]
-    # (BLOCK_M, BLOCK_D, BLOCK_B, num_warps, num_stages); BLOCK_B <= 32: more spills. The
-    # last two serve long top-k lists (KP 128): with two stages the w8 tile spills 16 B.
-    for bm, bd, bb, w, st in [(16, 64, 32, 4, 2), (32, 64, 32, 8, 2), (32, 128, 32, 8, 2),
-                              (16, 32, 32, 8, 1), (16, 128, 16, 16, 2)]:
-        configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_D": bd, "BLOCK_B": bb}, num_warps=w, num_stages=st))
+    for bm, bd, bb, w, st, kps in _TILES:
+        c = triton.Config({"BLOCK_M": bm, "BLOCK_D": bd, "BLOCK_B": bb}, num_warps=w, num_stages=st)
+        c.kps = kps
+        configs.append(c)
     return configs
 
 
 def _prune(configs, named_args, **kwargs):
-    """The configs whose registers fit at this KP (none is kept past ``MAX_KERNEL_KP``:
-    the launcher sends those to :func:`gradient_topk_chunked`)."""
+    """The configs built for this KP (none past ``MAX_KERNEL_KP``: the launcher sends
+    those to :func:`gradient_topk_chunked`), no taller than the rows, no longer along the
+    batch than needed."""
     kp = int(kwargs.get("KP", named_args.get("KP", 16)))
     if kp > MAX_KERNEL_KP:
         raise ValueError(f"gradient_topk kernel: KP={kp} is past {MAX_KERNEL_KP}; use gradient_topk_chunked")
     b = int(named_args["b_bucket"])
     out = int(named_args["out_features"])
-    kept = [c for c in configs[1:]
-            if _fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_D"], kp, c.num_warps)
-            and c.kwargs["BLOCK_B"] <= max(b, 16) and c.kwargs["BLOCK_M"] <= max(next_power_of_2(out), 16)]
-    if not kept:  # a smaller problem than every tile: the smallest tile that fits at this KP
-        kept = [c for c in configs[1:] if _fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_D"], kp, c.num_warps)][:1]
-    if not kept:
-        raise ValueError(f"gradient_topk kernel: no config fits KP={kp} (at most {MAX_KERNEL_KP})")
-    return kept
-
-
-MAX_KERNEL_KP = 128  # wider buffers take the chunked GEMM path
+    fit = [c for c in configs if kp in _kps(c)]
+    kept = [c for c in fit if c.kwargs["BLOCK_B"] <= max(b, 16) and c.kwargs["BLOCK_M"] <= max(next_power_of_2(out), 16)]
+    return kept or fit[:1]
 
 
 @autotune(configs=_configs(), key=["out_features", "in_features", "b_bucket", "KP", "HAS_EXCLUDE"],
@@ -168,21 +168,27 @@ def buffer_width(k: int, kx: int) -> int:
     return max(next_power_of_2(k + kx), 16)
 
 
-def uses_fused_kernel(k: int, kx: int) -> bool:
-    """Whether ``k`` results with ``kx`` exclusions per row run the fused kernel (buffer
-    up to ``MAX_KERNEL_KP``) rather than :func:`gradient_topk_chunked`."""
-    return buffer_width(k, kx) <= MAX_KERNEL_KP
+def uses_fused_kernel(k: int, kx: int, out_features: int = 0, in_features: int = 0, cuda: bool = False) -> bool:
+    """Whether ``k`` results with ``kx`` exclusions per row run the fused kernel rather than
+    :func:`gradient_topk_chunked`. The kernel needs a buffer of at most ``MAX_KERNEL_KP``.
+    On CUDA it is also chosen by size: while the whole (out, in) product fits in one chunk
+    the chunked path is used, as it is modeled faster (ViT-B 768 -> 3072, fp32, batch 256,
+    exact: 73 µs against 122-148 µs for the fused kernel, whose per-tile top-k merge is
+    issue-bound); past one chunk the fused kernel saves the product's memory."""
+    if buffer_width(k, kx) > MAX_KERNEL_KP:
+        return False
+    return not cuda or _BYTES_PER_ELEMENT * out_features * in_features > _CHUNK_BYTES
 
 
 def gradient_topk(x, grad_output, k, exclude, scores, indices, precision="ieee"):
-    """Launch the fused kernel (``uses_fused_kernel(k, Kx)`` must hold). x: (B, in),
+    """Launch the fused kernel (``buffer_width(k, Kx) <= MAX_KERNEL_KP``). x: (B, in),
     grad_output: (B, out) (any strides), exclude: (out, Kx) integer tensor or None;
     scores (out, k) fp32 and indices (out, k) int64 are written in full (the kernel writes
     the scores' float bits through an int32 view). ``precision``: "ieee" or "tf32"."""
     B, in_features = x.shape
     out_features = grad_output.shape[1]
     kx = exclude.shape[1] if exclude is not None else 0
-    if not uses_fused_kernel(k, kx):
+    if buffer_width(k, kx) > MAX_KERNEL_KP:
         raise ValueError(f"k + Kx = {k + kx} needs a buffer past {MAX_KERNEL_KP}: use gradient_topk_chunked")
     ex = exclude if exclude is not None else indices  # a placeholder pointer when unused
     grid = lambda meta: (triton.cdiv(out_features, meta["BLOCK_M"]),)  # noqa: E731
@@ -197,12 +203,13 @@ def gradient_topk(x, grad_output, k, exclude, scores, indices, precision="ieee")
     return scores, indices
 
 
-_CHUNK_BYTES = 256 * 2**20  # G and its int64 keys for one chunk of rows
+_CHUNK_BYTES = 256 * 2**20  # G and its masks for one chunk of rows
+_BYTES_PER_ELEMENT = 16  # G (4), two bool masks and the int64 cumsum of one of them
 
 
 def chunk_rows(out_features: int, in_features: int) -> int:
-    """Rows of G per chunk in :func:`gradient_topk_chunked` (12 bytes per element)."""
-    return max(1, min(out_features, _CHUNK_BYTES // max(12 * in_features, 1)))
+    """Rows of G per chunk in :func:`gradient_topk_chunked` (16 bytes per element)."""
+    return max(1, min(out_features, _CHUNK_BYTES // max(_BYTES_PER_ELEMENT * in_features, 1)))
 
 
 def gradient_topk_chunked(x, grad_output, k, exclude=None, tf32=False):
@@ -278,17 +285,14 @@ def chunked_cost_model(batch: int, in_features: int, out_features: int, tf32: bo
 
 def _aot_specs():
     """(configs holder, signature, constexprs) for the ahead-of-time compile check: fp32
-    (exact and TF32) and bf16 inputs, with and without an exclusion list, at KP = 64 and
-    at the widest buffer the kernel takes (``MAX_KERNEL_KP``), each with the configs the
-    prune keeps at that KP (a config the prune drops never runs there)."""
+    (exact and TF32) and bf16 inputs, with and without an exclusion list, each config at
+    every KP the prune keeps it for."""
     ints = {n: "i32" for n in ("B", "out_features", "in_features", "k", "Kx", "b_bucket",
                                "stride_x_b", "stride_x_d", "stride_go_b", "stride_go_n",
                                "stride_ex_n", "stride_ex_k", "stride_s_n", "stride_i_n")}
-    tuner = _gradient_topk_kernel
     specs = []
-    for kp in (64, MAX_KERNEL_KP):
-        kept = _prune(_configs(), {"b_bucket": 4096, "out_features": 1 << 20}, KP=kp)  # all configs, also under the interpreter
-        holder = SimpleNamespace(fn=tuner.fn, configs=kept)
+    for kp in sorted({kp for t in _TILES for kp in t[5]}):
+        holder = SimpleNamespace(fn=_gradient_topk_kernel.fn, configs=[c for c in _configs() if kp in _kps(c)])
         for dt, prec in (("fp32", "ieee"), ("fp32", "tf32"), ("bf16", "ieee")):
             for has_ex in (False, True):
                 sig = {"x_ptr": f"*{dt}", "go_ptr": f"*{dt}", "ex_ptr": "*i32", "scores_ptr": "*i32",

@@ -249,6 +249,8 @@ class TorchOp:
     name: str
     bytes_in: int
     bytes_out: int
+    flops: int = 0  # a matrix product's 2*M*N*K
+    dtype: str = ""  # a matrix product's operand dtype (fp32, bf16, fp16)
 
 
 # operators that move no data: views, allocations, metadata
@@ -258,6 +260,7 @@ _FREE_OPS = {
     "reshape", "_reshape_alias", "unbind", "split", "narrow", "diagonal", "lift_fresh", "view_as", "numel",
     "size", "stride", "is_same_size", "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "contiguous",
     "_to_copy_noop", "resolve_conj", "resolve_neg", "_has_compatible_shallow_copy_type", "set_",
+    "scalar_tensor", "_local_scalar_dense",  # a wrapped Python scalar; a host read (a sync, no kernel)
 }
 
 
@@ -271,6 +274,21 @@ def _tensor_bytes(obj) -> int:
     return 0
 
 
+_MATMULS = {"mm", "addmm", "bmm", "baddbmm", "matmul"}
+_DT_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def _matmul_flops(name, args, out) -> tuple[int, str]:
+    """(2*M*N*K, operand dtype) of a matrix product; (0, "") for other operators."""
+    if name not in _MATMULS or not isinstance(out, torch.Tensor):
+        return 0, ""
+    mats = [a for a in args if isinstance(a, torch.Tensor) and a.dim() >= 2]
+    if len(mats) < 2:
+        return 0, ""
+    k = mats[-2].shape[-1]
+    return 2 * out.numel() * k, _DT_NAMES.get(mats[-1].dtype, "fp32")
+
+
 def _op_recorder(ops: list):
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -279,7 +297,9 @@ def _op_recorder(ops: list):
             out = func(*args, **(kwargs or {}))
             name = func.overloadpacket.__name__.rstrip("_")
             if name not in _FREE_OPS:
-                ops.append(TorchOp(name, _tensor_bytes(args) + _tensor_bytes(kwargs or {}), _tensor_bytes(out)))
+                flops, dt = _matmul_flops(name, args, out)
+                ops.append(TorchOp(name, _tensor_bytes(args) + _tensor_bytes(kwargs or {}), _tensor_bytes(out),
+                                   flops, dt))
             return out
 
     return _Record()

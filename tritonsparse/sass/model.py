@@ -40,6 +40,7 @@ class GPU:
     l1_bytes_per_clk: int = 128  # per SM
     l1_bytes: int = 256 * 1024  # L1 + shared per SM
     l2_bw: float = 5.5e12  # L2 -> SM, bytes/s
+    l2_bytes: int = 50 * 1024 * 1024
     hbm_bw: float = 3.35e12  # bytes/s, peak
     hbm_efficiency: float = 0.9  # fraction of peak a streaming kernel reaches
     regs_per_sm: int = 65536
@@ -74,7 +75,8 @@ class GPU:
 
 
 H100_SXM = GPU("H100 SXM", sms=132, clock_hz=1.98e9)
-A100_SXM = GPU("A100 SXM", sms=108, clock_hz=1.41e9, l1_bytes=192 * 1024, l2_bw=4.0e12, hbm_bw=2.0e12,
+A100_SXM = GPU("A100 SXM", sms=108, clock_hz=1.41e9, l1_bytes=192 * 1024, l2_bw=4.0e12, l2_bytes=40 * 1024 * 1024,
+               hbm_bw=2.0e12,
                smem_per_sm=164 * 1024, tensor_fma_per_clk={"tf32": 512, "bf16": 1024, "fp16": 1024},
                hgmma_speedup=1.0, dense_flops={"fp32": 17e12, "tf32": 120e12, "bf16": 230e12, "fp16": 230e12})
 GPUS = {"h100": H100_SXM, "a100": A100_SXM}
@@ -226,11 +228,17 @@ def lower_bound(fmas: int, hbm_bytes: float, gather_bytes_per_fma: float, fma_fl
     return terms[which], which
 
 
-def torch_op_time(bytes_moved: float, gpu: GPU = H100_SXM) -> float:
+def torch_op_time(bytes_moved: float, gpu: GPU = H100_SXM, flops: float = 0.0, dtype: str = "fp32") -> float:
     """Modeled time of a PyTorch operator the launcher runs besides the kernels (a
-    transpose, a pad, a sum of partials): memory-bound, its bytes at HBM speed, plus the
-    launch floor."""
-    return bytes_moved / (gpu.hbm_bw * gpu.hbm_efficiency) + gpu.launch_floor_s
+    transpose, a pad, a sum of partials, a GEMM): its bytes at HBM speed or, for a matrix
+    product, its FLOPs at the dense rate of ``dtype`` if that is longer; plus the launch
+    floor. Operands that fit in L2 together move at L2 bandwidth. Sorts and selections are
+    charged as memory-bound too (optimistic for them)."""
+    bw = gpu.l2_bw if bytes_moved <= gpu.l2_bytes else gpu.hbm_bw * gpu.hbm_efficiency
+    t = bytes_moved / bw
+    if flops:
+        t = max(t, flops / gpu.dense_flops[dtype if dtype in gpu.dense_flops else "fp32"])
+    return t + gpu.launch_floor_s
 
 
 def with_constants(gpu: GPU, **changes) -> GPU:

@@ -119,18 +119,14 @@ def _calls(p: Problem):
 
         return prepare, forward, (backward if p.role != "fwd" else None)
     if p.role == "topk":
-        from ..kernels import gradient_topk as gk
-
         x = torch.randn(p.batch, p.in_features, generator=gen).to(dt)
         go = torch.randn(p.batch, p.out_features, generator=gen).to(dt)
         ex = _pattern(p.out_features, p.in_features, p.Kx, "int32", gen) if p.Kx else None
 
         def forward(state):
-            # the launcher, not the public op: on CPU tensors the public op switches to the
-            # interpreter's precision; on a GPU it passes "tf32" for fp32
-            scores = torch.empty(p.out_features, p.K, dtype=torch.float32)
-            indices = torch.empty(p.out_features, p.K, dtype=torch.int64)
-            gk.gradient_topk(x, go, p.K, ex, scores, indices, precision="tf32" if p.dtype == "fp32" else "ieee")
+            # the public op with its defaults (exact fp32 products); on CPU tensors it takes
+            # the GPU's route, except that bf16 would be cast to fp32 for the interpreter
+            tritonsparse.gradient_topk(x, go, p.K, ex)
 
         return (lambda: None), forward, None
     from ..conv_ops import condensed_conv2d

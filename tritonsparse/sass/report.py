@@ -81,8 +81,10 @@ def _gather_slice(p: Problem, cfg: dict) -> float | None:
         return p.out_features * bb * e
     if p.role == "dw":
         return p.in_features * bb * e
-    if p.role.startswith("conv"):
-        return p.in_features * p.hw * p.hw * e
+    if p.role.startswith("conv"):  # a pixel tile spans a few image rows, plus the 3x3 halo
+        tile = min(int(cfg.get("BLOCK_P", p.hw * p.hw)), p.hw * p.hw)
+        rows_spanned = min(p.hw, -(-tile // p.hw) + 2)
+        return p.in_features * rows_spanned * (p.hw + 2) * e
     return None
 
 
@@ -101,7 +103,7 @@ def analyze(p: Problem, arch: int = 90, gpu: M.GPU = M.H100_SXM, fp_fusion=None,
     out = []
     got = launches(p)
     if not got:
-        raise RuntimeError(f"{p.label}: the library made no Triton launch")
+        return []  # the op runs on PyTorch operators alone (see torch_ops)
     ctas_all = []
     for launch in got:
         cfgs = launch.configs()
@@ -150,7 +152,7 @@ def op_summary(p: Problem, results: list[ConfigResult], gpu: M.GPU = M.H100_SXM,
     kernels, each memory-bound with its own launch floor), dense times and the lower bound."""
     best = best_per_launch(results)
     ops = torch_ops(p) if ops is None else ops
-    t_ops = sum(M.torch_op_time(o.bytes_in + o.bytes_out, gpu) for o in ops)
+    t_ops = sum(M.torch_op_time(o.bytes_in + o.bytes_out, gpu, o.flops, o.dtype) for o in ops)
     t_kernels = sum(r.time.total for r in best)
     t = t_kernels + t_ops
     hbm, dense_bytes = _bytes(p)
@@ -168,15 +170,28 @@ def op_summary(p: Problem, results: list[ConfigResult], gpu: M.GPU = M.H100_SXM,
 
 
 def rows(p: Problem, results: list[ConfigResult], gpu: M.GPU = M.H100_SXM) -> list[dict]:
-    """CSV rows (``COLUMNS``) of one problem's results."""
+    """CSV rows (``COLUMNS``) of one problem's results: one per compiled config, or one
+    row marked ``(PyTorch operators only)`` when the op launches no Triton kernel."""
     s = op_summary(p, results, gpu)
     chosen = {id(r) for r in s["best"]}
+    common = {
+        "problem": p.label, "role": p.role, "in": p.in_features, "out": p.out_features, "K": p.K, "Kx": p.Kx,
+        "batch": p.batch, "dtype": p.dtype, "index_dtype": p.index_dtype,
+        "modeled_dense_us": round(s["dense"] * 1e6, 2), "dense_kind": s["dense_kind"],
+        "modeled_dense_tf32_us": round(s["dense_tf32"] * 1e6, 2),
+        "lower_bound_us": round(s["lower_bound"] * 1e6, 2), "lower_bound_kind": s["lower_bound_kind"],
+        "useful_fmas": p.useful_fmas, "hbm_bytes": int(s["hbm_bytes"]),
+        "torch_ops": " ".join(s["torch_op_names"]), "torch_ops_us": round(s["torch_ops"] * 1e6, 2),
+        "modeled_op_us": round(s["modeled"] * 1e6, 2),
+    }
+    if not results:
+        return [{**{k: "" for k in COLUMNS}, **common, "kernel": "(PyTorch operators only)", "chosen": 1,
+                 "bound": "PyTorch operators"}]
     out = []
     for r in results:
         c = r.counts
         out.append({
-            "problem": p.label, "role": p.role, "in": p.in_features, "out": p.out_features, "K": p.K, "Kx": p.Kx,
-            "batch": p.batch, "dtype": p.dtype, "index_dtype": p.index_dtype, "launch": r.launch_i,
+            **common, "launch": r.launch_i,
             "kernel": r.kernel, "config": ",".join(str(v) for v in r.config.values()), "warps": r.warps,
             "stages": r.stages, "arch": r.arch, "chosen": int(id(r) in chosen), **{k: r.usage[k] for k in
                                                                                     ("regs", "stack", "local", "shared")},
@@ -189,12 +204,6 @@ def rows(p: Problem, results: list[ConfigResult], gpu: M.GPU = M.H100_SXM) -> li
             "bar": c.get("bar", 0), "spill": c.get("spill", 0),
             "instr_per_fma": round(r.instr_per_fma, 2) if math.isfinite(r.instr_per_fma) else "",
             "modeled_us": round(r.time.total * 1e6, 2), "bound": r.time.bound,
-            "modeled_dense_us": round(s["dense"] * 1e6, 2), "dense_kind": s["dense_kind"],
-            "modeled_dense_tf32_us": round(s["dense_tf32"] * 1e6, 2),
-            "lower_bound_us": round(s["lower_bound"] * 1e6, 2), "lower_bound_kind": s["lower_bound_kind"],
-            "useful_fmas": p.useful_fmas, "hbm_bytes": int(s["hbm_bytes"]),
-            "torch_ops": " ".join(s["torch_op_names"]), "torch_ops_us": round(s["torch_ops"] * 1e6, 2),
-            "modeled_op_us": round(s["modeled"] * 1e6, 2),
         })
     return out
 
@@ -293,9 +302,11 @@ def kernel_table(rows_) -> str:
                 lb = f"{_f(r['lower_bound_us']):.1f} µs ({r['lower_bound_kind']})"
             else:
                 label, extra, op, dense, lb = "″", "", "", "", ""
-            lines.append(
-                f"| {label} | {r['kernel'].strip('_')} {r['config']} (w{r['warps']}) | {r['regs']} / {r['occupancy']} | "
-                f"{loop} | {ipf} | {_f(r['modeled_us']):.1f} µs | {r['bound']} | {extra} | {op} | {dense} | {lb} |")
+            kern = f"{r['kernel'].strip('_')} {r['config']} (w{r['warps']})" if r["config"] else r["kernel"]
+            regs = f"{r['regs']} / {r['occupancy']}" if r["regs"] else "-"
+            kt = f"{_f(r['modeled_us']):.1f} µs" if r["modeled_us"] else "-"
+            lines.append(f"| {label} | {kern} | {regs} | {loop or '-'} | {ipf} | {kt} | {r['bound']} | {extra} | {op} | "
+                         f"{dense} | {lb} |")
     return "\n".join(lines)
 
 
@@ -334,7 +345,7 @@ def targets_table(rows_) -> str:
         if all(parts):
             t = sum(_op_time(rs) for rs in parts)
             d = sum(_f(rs[0]["modeled_dense_us"]) for rs in parts)
-            bounds = "/".join(rs[0]["bound"] for rs in parts)
+            bounds = ", ".join(f"{role}: {rs[0]['bound']}" for role, rs in zip(("fwd", "dX", "dValues"), parts))
             lines.append(f"| training step fp32 B=256 {name} (fwd+dX+dValues): ≥ 1.5x 3 dense SGEMMs | "
                          f"{d / t:.2f}x ({t:.1f} vs {d:.1f} µs) | {'yes' if d / t >= 1.5 else 'no'} | {bounds} |")
     for shape, name in ((LLAMA_UP, "4096→14336"), (LLAMA_DOWN, "14336→4096")):
@@ -346,12 +357,13 @@ def targets_table(rows_) -> str:
     for label, rs in ops.items():
         r = rs[0]
         if r["role"] == "topk":
-            spills = max(int(x["stack"]) + int(x["local"]) for x in rows_ if x["problem"] == label)
+            spills = max(int(x["stack"] or 0) + int(x["local"] or 0) for x in rows_ if x["problem"] == label)
             ratio = _op_time(rs) / _f(r["modeled_dense_us"])
             ok = spills == 0 and ratio <= 2
             lines.append(f"| gradient_topk {r['in']}→{r['out']} k={r['K']}: 0 spills, ≤ 2x dense TF32 GEMM | "
                          f"{ratio:.2f}x the GEMM ({_op_time(rs):.1f} vs {_f(r['modeled_dense_us']):.1f} µs), "
-                         f"max stack+local {spills} B | {'yes' if ok else 'no'} | {r['bound']} |")
+                         f"max stack+local {spills} B{', ' + r['kernel'] if not r['config'] else ''} | "
+                         f"{'yes' if ok else 'no'} | {r['bound']} |")
     return "\n".join(lines)
 
 
