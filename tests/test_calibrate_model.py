@@ -174,3 +174,15 @@ def test_capture_a_published_kernel_when_liger_is_installed():
     assert proc.returncode == 0, proc.stderr[-2000:]
     n, name = proc.stdout.split()[-2:]
     assert n == "1" and "relu_squared_backward" in name
+
+
+def test_torch_op_records_follow_the_model():
+    from tritonsparse.sass import model as M
+
+    for b in (1e5, 2e8):
+        rec = {"kind": "torch_op", "launch": 0, "hbm_bytes": b, "flops": 0, "dtype": "fp32"}
+        for p in (cm.reference_params(), {**cm.reference_params(), "hbm_efficiency": 0.7, "l2_bw": 4e12,
+                                          "launch_floor_s": 5e-6}):
+            assert cm.launch_seconds(rec, p) == pytest.approx(M.torch_op_time(b, cm.gpu_with(p)), rel=1e-12)
+    with pytest.raises(ValueError, match="unknown constant"):
+        cm.gpu_with({"clock": 1.0})
