@@ -101,13 +101,19 @@ def test_committed_results_follow_from_committed_launches():
     for r in rows:
         c = committed[r["point"]]
         assert c["regime"] == r["regime"]
-        for col in ("modeled_ref_us", "modeled_heldout_us", "modeled_fit_all_us"):
+        for col in ("modeled_ref_us", "modeled_heldout_us", "modeled_fit_all_us", "modeled_heldout_2c_us",
+                    "modeled_fit_all_2c_us"):
             assert float(c[col]) == pytest.approx(r[col], rel=1e-4)
-    heldout = {s["regime"]: s for s in summary if s["what"] == "error:held-out (2-fold by family)"}
-    assert set(cm.REGIMES) <= {k for k, s in heldout.items() if s["n"] > 0}
-    for s in heldout.values():
-        if s["n"]:
-            assert 0 <= s["median_abs_log"] <= s["p90_abs_log"] < 5
+    for what in ("error:held-out (2-fold by family)", f"error:held-out, {cm.TWO}"):
+        heldout = {s["regime"]: s for s in summary if s["what"] == what}
+        assert set(cm.REGIMES) <= {k for k, s in heldout.items() if s["n"] > 0}
+        for s in heldout.values():
+            if s["n"]:
+                assert 0 <= s["median_abs_log"] <= s["p90_abs_log"] < 5
+    # the constants a partial fit leaves alone stay the model's own
+    two = next(s for s in summary if s["what"] == f"fit:all, {cm.TWO}")
+    ref = cm.reference_params()
+    assert all(two[k] == ref[k] for k in cm.PARAMS if k not in cm.TWO_PARAMS)
 
 
 _STANDIN = r'''
