@@ -636,14 +636,17 @@ def evaluate(published: list[dict], recs_by_point: dict) -> tuple[list[dict], li
                        ("modeled_heldout_2c_us", f"held-out, {TWO}"),
                        ("modeled_fit_all_2c_us", f"in-sample, {TWO}"),
                        ("modeled_fit_all_us", "in-sample (fit on all)")):
-        for regime in REGIMES + ("all",):
-            errs = [abs(math.log(r[col] / r["measured_us"])) for r in rows if regime in ("all", r["regime"])]
+        families = tuple(f"family:{f}" for f in sorted({r["family"] for r in rows}))
+        for regime in REGIMES + ("all",) + families:
+            def keep(r, regime=regime):
+                return regime in ("all", r["regime"], f"family:{r['family']}")
+
+            errs = [abs(math.log(r[col] / r["measured_us"])) for r in rows if keep(r)]
             med, p90 = stats(errs)
-            bias = (sorted(math.log(r[col] / r["measured_us"]) for r in rows if regime in ("all", r["regime"]))
-                    or [math.nan])
+            bias = sorted(math.log(r[col] / r["measured_us"]) for r in rows if keep(r)) or [math.nan]
             summary.append({"what": f"error:{label}", "regime": regime, "n": len(errs), "median_abs_log": med,
                             "p90_abs_log": p90, "median_log_ratio": stats_signed(bias),
-                            "families": ",".join(sorted({r["family"] for r in rows if regime in ("all", r["regime"])}))})
+                            "families": ",".join(sorted({r["family"] for r in rows if keep(r)}))})
     return rows, summary
 
 
