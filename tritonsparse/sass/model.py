@@ -135,14 +135,18 @@ def work_per_trip(summary, warps: int, tile_fmas: int | None = None) -> int:
 
 def kernel_time(summary, *, regs: int, shared: int, warps: int, ctas: int, useful_fmas: int,
                 hbm_bytes: float, gather_slice_bytes: float | None = None, tile_fmas: int | None = None,
-                gpu: GPU = H100_SXM) -> KernelTime:
+                gpu: GPU = H100_SXM, trips: int | None = None) -> KernelTime:
     """Modeled time of one launch (see the module doc).
 
     summary: a :class:`tritonsparse.sass.parse.SassSummary`; regs/shared/warps: the
     binary's resources; ctas: the grid size; useful_fmas: multiply-adds this launch must
     do; hbm_bytes: its compulsory DRAM traffic; gather_slice_bytes: the bytes of the
     gathered operand one CTA's loads range over (None: loads stream, no L1 reuse);
-    tile_fmas: useful multiply-adds per CTA per loop trip if known (see :func:`work_per_trip`)."""
+    tile_fmas: useful multiply-adds per CTA per loop trip if known (see :func:`work_per_trip`);
+    trips: trips of the hot loop per CTA when the caller knows them (a loop that is not
+    over the multiply-adds, e.g. over rows; used by ``benchmarks/calibrate_model.py``)."""
+    if trips is not None and (isinstance(trips, bool) or not isinstance(trips, int) or trips < 0):
+        raise ValueError(f"trips must be a non-negative int or None, got {trips!r}")
     if ctas < 1:
         raise ValueError(f"ctas must be >= 1, got {ctas}")
     if warps < 1:
@@ -152,7 +156,9 @@ def kernel_time(summary, *, regs: int, shared: int, warps: int, ctas: int, usefu
         return KernelTime(math.inf, {"occupancy": math.inf}, "does not fit on an SM", 0, 0, ctas, 0, 0, 0.0)
     loop = summary.loop_counts
     per_trip = work_per_trip(summary, warps, tile_fmas) if loop else 0
-    if per_trip > 0 and useful_fmas > 0:
+    if trips is not None:
+        trips = trips if loop else 0
+    elif per_trip > 0 and useful_fmas > 0:
         trips = max(1, math.ceil(useful_fmas / (ctas * per_trip)))
     else:
         trips = 1 if loop else 0
