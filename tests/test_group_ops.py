@@ -284,3 +284,42 @@ def test_forward_launcher_layouts():
         y = torch.full((9, 16), float("nan"))
         group_fwd(xin, values, idx, bias, y, x_batch_major=batch_major)
         assert_close(y, ref, torch.float32, 11, "y")
+
+
+@pytest.mark.skipif(not _triton.interpreting(), reason="kernels on CPU need TRITON_INTERPRET=1")
+def test_launchers_run_under_the_tensors_device(monkeypatch):
+    """Every group launch happens inside ``launch_device`` of its input (Triton launches on
+    the current CUDA device, not the tensors'): recorded with a stand-in context."""
+    import contextlib
+
+    from tritonsparse.kernels import group_mma
+
+    depth, launched_inside = [0], []
+
+    @contextlib.contextmanager
+    def recording(t):
+        depth[0] += 1
+        yield
+        depth[0] -= 1
+
+    real_pick = group_mma._pick
+
+    def pick(pair, dtype, tf32):
+        kernel = real_pick(pair, dtype, tf32)
+
+        class Launch:
+            def __getitem__(self, grid):
+                def run(*args, **kwargs):
+                    launched_inside.append(depth[0] > 0)
+                    return kernel[grid](*args, **kwargs)
+                return run
+        return Launch()
+
+    monkeypatch.setattr(group_mma, "launch_device", recording)
+    monkeypatch.setattr(group_mma, "_pick", pick)
+    monkeypatch.setenv("TRITONSPARSE_BACKEND", "triton")
+    x, values, idx, bias = _problem(5, 20, 8, 4, 5, torch.float32)
+    x = x.requires_grad_()
+    values = values.detach().requires_grad_()
+    group_condensed_matmul(x, values, idx, bias).sum().backward()
+    assert len(launched_inside) >= 3 and all(launched_inside), launched_inside

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import autotune, batch_bucket, interpreting, size_bucket
+from .._triton import autotune, batch_bucket, interpreting, launch_device, size_bucket
 
 
 def _cfg(bg, bk, bb, warps, stages):
@@ -272,12 +272,13 @@ def group_fwd(x, values, indices, bias, out, *, x_batch_major: bool, out_transpo
     else:
         sy_b, sy_n = out.stride(0), out.stride(1)
     grid = lambda meta: (_group_tiles(n_groups, G, meta), triton.cdiv(B, meta["BLOCK_B"]))  # noqa: E731
-    _pick(_FWD, values.dtype, tf32)[grid](
-        x, values, indices, bias if bias is not None else values, out,
-        B, G, K, in_features, size_bucket(K), batch_bucket(B),
-        sx_i, sx_b, values.stride(0), indices.stride(0), sy_n, sy_b,
-        HAS_BIAS=bias is not None, TF32=bool(tf32), WIDEN=_widen(values.dtype),
-    )
+    with launch_device(x):
+        _pick(_FWD, values.dtype, tf32)[grid](
+            x, values, indices, bias if bias is not None else values, out,
+            B, G, K, in_features, size_bucket(K), batch_bucket(B),
+            sx_i, sx_b, values.stride(0), indices.stride(0), sy_n, sy_b,
+            HAS_BIAS=bias is not None, TF32=bool(tf32), WIDEN=_widen(values.dtype),
+        )
     return out
 
 
@@ -289,18 +290,24 @@ def group_dw(xT, gy, indices, out, *, tf32: bool = False):
     n_groups = indices.shape[0]
     G = n // n_groups
     grid = lambda meta: (_group_tiles(n_groups, G, meta), triton.cdiv(K, meta["BLOCK_K"]))  # noqa: E731
-    _pick(_DW, out.dtype, tf32)[grid](
-        xT, gy, indices, out,
-        B, G, K, in_features, size_bucket(K), batch_bucket(B),
-        xT.stride(0), xT.stride(1), gy.stride(1), gy.stride(0), indices.stride(0), out.stride(0),
-        TF32=bool(tf32), WIDEN=_widen(out.dtype),
-    )
+    with launch_device(xT):
+        _pick(_DW, out.dtype, tf32)[grid](
+            xT, gy, indices, out,
+            B, G, K, in_features, size_bucket(K), batch_bucket(B),
+            xT.stride(0), xT.stride(1), gy.stride(1), gy.stride(0), indices.stride(0), out.stride(0),
+            TF32=bool(tf32), WIDEN=_widen(out.dtype),
+        )
     return out
 
 
 def group_dx(gy, values, indices, in_features, transposed, *, atomic: bool = False, tf32: bool = False):
     """dX (B, in_features) in gy's dtype. gy: (B, n) dY, any strides. ``transposed``: the
     group pattern's ``(crow, rows, perm)`` (used by the deterministic mode only)."""
+    with launch_device(gy):
+        return _group_dx(gy, values, indices, in_features, transposed, atomic, tf32)
+
+
+def _group_dx(gy, values, indices, in_features, transposed, atomic, tf32):
     B, n = gy.shape
     K = values.shape[1]
     n_groups = indices.shape[0]
