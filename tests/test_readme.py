@@ -70,6 +70,11 @@ def test_command_lines_use_existing_options():
         elif argv[:2] == ["python", "benchmarks/sweep.py"]:
             sweep.parse_args(argv[2:])
             seen.add("sweep")
+        elif argv[:2] == ["python", "-m"]:  # another module entry point: it must exist
+            import importlib.util
+
+            assert importlib.util.find_spec(argv[2]) is not None, argv[2]
+            seen.add(argv[2])
         elif argv[0] in ("python", "bash"):
             script = next(a for a in argv[1:] if not a.startswith("-"))
             assert (ROOT / script).is_file(), script
