@@ -305,7 +305,8 @@ def measure(method, p: Problem, batch, mode, min_time, noisy_above=NOISY_ABOVE):
         return {"status": f"skipped: {_reason(e)}"}
     flops, nbytes = p.cost(method, batch, mode)
     s = med / 1e3
-    rel = spread(med, q25, q75)
+    # the flag is decided on the written (rounded) spread so the CSV agrees with itself
+    rel = float(f"{spread(med, q25, q75):.3g}")
     row = {"status": "ok", "median_ms": f"{med:.5g}", "q25_ms": f"{q25:.5g}", "q75_ms": f"{q75:.5g}", "reps": reps,
            "iqr_rel": f"{rel:.3g}", "noisy": "yes" if rel > noisy_above else "no",
            "gbps": f"{nbytes / s / 1e9:.4g}", "tflops": f"{flops / s / 1e12:.4g}",
