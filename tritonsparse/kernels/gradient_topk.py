@@ -55,7 +55,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import autotune, batch_bucket, launch_device, next_power_of_2
+from .._triton import autotune, backend_for, batch_bucket, launch_device, next_power_of_2
 
 # (BLOCK_M, BLOCK_D, BLOCK_B, num_warps, num_stages, buffer widths KP it serves, exact fp32).
 # A config is kept only at the KP it was built for without spills or stack on sm_80 and
@@ -223,15 +223,19 @@ def chunk_rows(out_features: int, in_features: int) -> int:
 def gradient_topk_chunked(x, grad_output, k, exclude=None, tf32=False):
     """Per-row top-k of |grad_outputᵀ x| through row chunks of the dense product, for any
     k: each chunk of rows is one GEMM in fp32 (TF32 only if ``tf32`` and on CUDA), then the
-    fused kernel's selection rule on fp32 scores: NaN and excluded columns score -1 (never
-    selected), ``torch.topk`` gives each row's k-th score t, and the row keeps every column
-    above t plus the lowest-numbered columns equal to t, best first, ties by ascending
-    column. Returns ``(scores fp32, indices int64)``, each (out, k); a row with fewer than
-    k selectable columns is padded with -1 / -inf."""
+    selection, best first, ties by ascending column; NaN and excluded columns are never
+    selected. The selection is one Triton kernel (:func:`~tritonsparse.kernels.topk_select.topk_select`)
+    on CUDA and in the interpreter when it serves the shape (in <= 4096, k's sort width
+    <= 2048), else PyTorch operators (:func:`_select_torch`). Returns ``(scores fp32,
+    indices int64)``, each (out, k); a row with fewer than k selectable columns is padded
+    with -1 / -inf."""
+    from . import topk_select as sel
+
     out_features, in_features = grad_output.shape[1], x.shape[1]
     xf, gf = x.float(), grad_output.float()
     scores = torch.empty(out_features, k, dtype=torch.float32, device=x.device)
     indices = torch.empty(out_features, k, dtype=torch.int64, device=x.device)
+    use_kernel = backend_for(x.device) == "triton" and sel.serves(in_features, k)
     step = chunk_rows(out_features, in_features)
     cuda = x.device.type == "cuda"
     saved = torch.backends.cuda.matmul.allow_tf32 if cuda else None
@@ -240,28 +244,41 @@ def gradient_topk_chunked(x, grad_output, k, exclude=None, tf32=False):
             torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
         for r0 in range(0, out_features, step):
             r1 = min(out_features, r0 + step)
-            g = torch.nan_to_num_((gf[:, r0:r1].t() @ xf).abs_(), nan=-1.0, posinf=float("inf"))
-            if exclude is not None:
-                ex = exclude[r0:r1].long()
-                keep = ex >= 0  # negative entries are padding
-                rows = torch.arange(r1 - r0, device=x.device)[:, None].expand_as(ex)
-                g[rows[keep], ex[keep]] = -1.0
-            t = g.topk(k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
-            above = g > t
-            tied = g == t
-            room = k - above.sum(dim=1, keepdim=True)
-            chosen = above | (tied & (tied.cumsum(dim=1) <= room))
-            cols = chosen.nonzero()[:, 1].view(r1 - r0, k)  # k per row, ascending column
-            top = g.gather(1, cols)
-            order = torch.sort(top, dim=1, descending=True, stable=True).indices  # ties keep ascending column
-            top, cols = top.gather(1, order), cols.gather(1, order)
-            valid = top >= 0
-            scores[r0:r1] = torch.where(valid, top, float("-inf"))
-            indices[r0:r1] = torch.where(valid, cols, -1)
+            g = gf[:, r0:r1].t() @ xf
+            ex = exclude[r0:r1] if exclude is not None else None
+            if use_kernel:
+                sel.topk_select(g, k, ex, out=(scores[r0:r1], indices[r0:r1]))
+            else:
+                scores[r0:r1], indices[r0:r1] = _select_torch(g, k, ex)
     finally:
         if cuda:
             torch.backends.cuda.matmul.allow_tf32 = saved
     return scores, indices
+
+
+def _select_torch(g, k, exclude=None):
+    """The selection of :func:`gradient_topk_chunked` in PyTorch operators, on a chunk
+    ``g`` (rows, in) of the product (overwritten): NaN and excluded columns score -1,
+    ``torch.topk`` gives each row's k-th score t, and the row keeps every column above t
+    plus the lowest-numbered columns equal to t, best first, ties by ascending column."""
+    rows_n = g.shape[0]
+    g = torch.nan_to_num_(g.abs_(), nan=-1.0, posinf=float("inf"))
+    if exclude is not None:
+        ex = exclude.long()
+        keep = ex >= 0  # negative entries are padding
+        rows = torch.arange(rows_n, device=g.device)[:, None].expand_as(ex)
+        g[rows[keep], ex[keep]] = -1.0
+    t = g.topk(k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
+    above = g > t
+    tied = g == t
+    room = k - above.sum(dim=1, keepdim=True)
+    chosen = above | (tied & (tied.cumsum(dim=1) <= room))
+    cols = chosen.nonzero()[:, 1].view(rows_n, k)  # k per row, ascending column
+    top = g.gather(1, cols)
+    order = torch.sort(top, dim=1, descending=True, stable=True).indices  # ties keep ascending column
+    top, cols = top.gather(1, order), cols.gather(1, order)
+    valid = top >= 0
+    return torch.where(valid, top, float("-inf")), torch.where(valid, cols, -1)
 
 
 # H100 SXM constants of the shared SASS roofline model (tools/sass_model in the workspace)
