@@ -219,20 +219,25 @@ def test_report_cli_smoke(tmp_path):
 def test_gradient_topk_at_srigl_k_launches_only_spill_checked_builds():
     """At SRigL's k for the 90% ViT-B MLP (k = 2K: 154 and 614, no exclusions) gradient_topk
     launches no fused kernel wider than the widest buffer the AOT sweep builds and checks
-    for spills (``MAX_KERNEL_KP``); past it the op takes the GEMM path."""
+    for spills (``MAX_KERNEL_KP``); past it the op takes the GEMM path: one ``mm`` and one
+    selection kernel (``topk_select``) at a width its AOT specs build, nothing else."""
     script = (
         "import json\n"
         "from tritonsparse.kernels.gradient_topk import MAX_KERNEL_KP\n"
+        "from tritonsparse.kernels.topk_select import AOT_SPECS\n"
         "from tritonsparse.sass.problems import Problem, capture\n"
+        "built = sorted({(s[2]['BLOCK_D'], s[2]['KP'], s[2]['THREADS']) for s in AOT_SPECS})\n"
         "out = {}\n"
         "for i, o, k in ((768, 3072, 154), (3072, 768, 614), (3072, 768, 100)):\n"
         "    launches, ops = capture(Problem('topk', i, o, k, 256))\n"
         "    out[k] = {'kp': [l.args.get('KP') for l in launches], 'ops': [x.name for x in ops],\n"
-        "              'max': MAX_KERNEL_KP}\n"
+        "              'names': [l.name for l in launches], 'max': MAX_KERNEL_KP,\n"
+        "              'sel': [[l.args['BLOCK_D'], l.args['KP'], l.args['THREADS']] in [list(b) for b in built]\n"
+        "                      for l in launches if l.name == '_topk_select_kernel']}\n"
         "print(json.dumps(out))\n"
     )
     got = json.loads(_run(["-c", script], timeout=300).strip().splitlines()[-1])
-    for k, g in got.items():
-        assert all(kp is not None and kp <= g["max"] for kp in g["kp"]), (k, g)
-        assert g["kp"] or "mm" in g["ops"], (k, g)  # a kernel or the GEMM path
-    assert got["100"]["kp"] == [128]  # k = 100 fits the fused kernel's widest buffer
+    for k in ("154", "614"):
+        g = got[k]
+        assert g["names"] == ["_topk_select_kernel"] and g["ops"] == ["mm"] and g["sel"] == [True], (k, g)
+    assert got["100"]["kp"] == [128] and got["100"]["names"] == ["_gradient_topk_kernel"]  # the fused kernel's widest

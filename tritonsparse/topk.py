@@ -16,8 +16,8 @@ def gradient_topk(x: torch.Tensor, grad_output: torch.Tensor, k: int, exclude: t
 
     ``grad_outputᵀ x`` is the gradient of the loss with respect to a linear layer's dense
     weight (out, in); this finds its per-row top-k without keeping it whole: row chunks
-    of the product through the GEMM and ``torch.topk`` (extra memory one chunk, at most
-    256 MB), or, for ``k + Kx <= 128`` when the product would not fit in one chunk (and
+    of the product through the GEMM and a per-row selection kernel (extra memory one
+    chunk, at most 256 MB), or, for ``k + Kx <= 128`` when the product would not fit in one chunk (and
     always in Triton's interpreter), one fused Triton kernel (``tl.dot`` tiles merged into a
     running per-row top-k, extra memory O(out·k)). Both give the same columns. See
     :mod:`tritonsparse.kernels.gradient_topk` for the designs and their modeled cost.

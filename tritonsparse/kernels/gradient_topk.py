@@ -35,17 +35,27 @@ hence the chunked path for products that fit in one chunk.
 
 **Row chunks through the GEMM.** :func:`gradient_topk_chunked`: rows of G in
 chunks of at most ``_CHUNK_BYTES`` (a dense ``grad_output[:, rows]ᵀ @ x`` in fp32, exact
-unless ``tf32``), then the kernel's selection rule on fp32 scores (NaN and excluded
-columns -> -1; ``torch.topk`` for each row's k-th score, then the columns above it and the
-lowest-numbered ones equal to it): the same columns, order and NaN rule as the kernel.
-Extra memory: one chunk of G and its masks (at most ``_CHUNK_BYTES``).
+unless ``tf32``), then ONE selection kernel per chunk
+(:mod:`tritonsparse.kernels.topk_select`: per row, a bisection on the bits of |G| held in
+registers finds a threshold with at most KP = next_power_of_2(1.25 k) columns above it,
+a cumsum compacts those survivors, a bitonic sort of their int64 keys orders them; NaN and
+excluded columns never selected, ties by ascending column): the same columns, order and
+NaN rule as the fused kernel. On CUDA and in the interpreter when ``in <= 4096`` and KP <=
+2048 (AOT: 0 spills on sm_80/sm_90 at every width, 1-20 s a build); otherwise, and on plain
+CPU, the same rule in PyTorch operators (:func:`_select_torch`). Extra memory: one chunk of
+G plus (rows, KP) int64 survivors.
 
-Modeled cost (:func:`chunked_cost_model`; **modeled**, H100 SXM, not measured), ViT-B
-3072 x 768 at batch 256: chunked path 73 µs exact fp32 / 52 µs TF32, against the dense
-``(grad_outputᵀ x).abs()`` + mask + ``torch.topk`` at 49 / 28 µs (not deterministic on
-ties) and the TF32 GEMM alone at 5 µs. The extra is the selection's passes over G (58 B
-per element against 40) and kernel floors; it beats the old fallback (a 7-minute compile,
-then a spilling kernel) and is exact.
+Modeled cost (**modeled**, H100 SXM, not measured; the SASS report
+``python -m tritonsparse.sass topk ...`` on the sm_90 build, and :func:`chunked_cost_model`
+from the same SASS counts), SRigL's k = 2K on the ViT-B MLP at batch 256: the selection
+kernel 24 µs at 768 -> 3072 (k=154, KP 256, 1 warp a row) and 32 µs at 3072 -> 768 (k=614,
+KP 1024, 4 warps), bound by the integer pipe (83% of its instructions), two thirds of them
+in the int64 bitonic sort; with the exact fp32 GEMM (26 µs) the op is 50 / 58 µs (it was
+110 µs with the ~22 PyTorch selection operators), with TF32 (6.4 µs) 31 / 38 µs, i.e.
+4.7x / 6.0x the TF32 GEMM alone (issue 8 asks <= 2x). The sort is what bounds it: a
+per-row LSD radix sort of the 32-bit scores (stable, so ties keep column order) in shared
+memory would cost ~20 instructions per survivor instead of ~11 per survivor per bitonic
+stage (36-55 stages), but needs a shared-memory scatter Triton does not expose.
 """
 from __future__ import annotations
 
@@ -181,8 +191,9 @@ def uses_fused_kernel(k: int, kx: int, out_features: int = 0, in_features: int =
     :func:`gradient_topk_chunked`. The kernel needs a buffer of at most ``MAX_KERNEL_KP``.
     On CUDA it is also chosen by size: while the whole (out, in) product fits in one chunk
     the chunked path is used, as it is modeled faster (ViT-B 768 -> 3072, fp32, batch 256,
-    exact: 73 µs against 122-148 µs for the fused kernel, whose per-tile top-k merge is
-    issue-bound); past one chunk the fused kernel saves the product's memory."""
+    exact, k = 8: 36 µs (``chunked_cost_model``) against 122-148 µs for the fused kernel,
+    whose per-tile top-k merge is issue-bound); past one chunk the fused kernel saves the
+    product's memory."""
     if buffer_width(k, kx) > MAX_KERNEL_KP:
         return False
     return not cuda or _BYTES_PER_ELEMENT * out_features * in_features > _CHUNK_BYTES
@@ -282,30 +293,52 @@ def _select_torch(g, k, exclude=None):
 
 
 # H100 SXM constants of the shared SASS roofline model (tools/sass_model in the workspace)
-_H100 = {"l2_bytes_per_s": 5.5e12, "floor_us": 2.0, "fp32_flops": 50e12, "tf32_flops": 400e12}
+_H100 = {"l2_bytes_per_s": 5.5e12, "floor_us": 2.0, "fp32_flops": 50e12, "tf32_flops": 400e12,
+         "alu_warp_instr_per_s": 132 * 2 * 1.98e9}
+# warp instructions of the selection kernel (topk_select), read from its sm_90 SASS
+# (triton 3.9; 1-warp program at 768 -> 1024 columns / 256 survivors, 4 warps at 3072 ->
+# 4096 / 1024): per survivor per bitonic stage, per row element per bisection pass, per
+# row element once (load, key, cumsum, scatter); 83% of them run on the integer pipe
+# (SEL, ISETP, LOP3, IMAD; the rest are shuffles, loads and stores).
+_SELECT_SASS = {"per_key_stage": 11.0, "per_elem_pass": 5.0, "per_elem": 10.0, "int_share": 0.83}
+SELECT_PASSES = 10  # bisection passes per row, mean on the ViT-B problems' Gaussian data (9.3)
 
 
-def chunked_cost_model(batch: int, in_features: int, out_features: int, tf32: bool = False) -> dict:
+def chunked_cost_model(batch: int, in_features: int, out_features: int, tf32: bool = False,
+                       k: int | None = None, passes: int = SELECT_PASSES) -> dict:
     """**Modeled** H100 SXM time (µs) of :func:`gradient_topk_chunked` next to the dense
     baseline ``(grad_outputᵀ x).abs()``, exclusion mask, ``torch.topk`` on fp32 scores.
 
-    A model, not a measurement: the GEMM at cuBLAS's achieved rate (fp32 50, TF32 400
-    TFLOP/s), every other op streams its bytes through L2 at 5.5 TB/s, plus 2 µs per
-    kernel. Bytes per element of G, chunked path: abs 8, NaN fill 8, ``topk`` on fp32 as a
-    radix select of 4 passes of 4 B (16), two compares 5 + 5, a row sum 1, a cumsum 9, the
-    final mask 3 + 1 + 1, ``nonzero`` 1 (58 B, 11 kernels with the small gathers and sort);
-    baseline: abs 8, exclusion mask 16, ``topk`` 16 (40 B, 3 kernels)."""
+    A model, not a measurement. GEMM at cuBLAS's achieved rate (fp32 50, TF32 400
+    TFLOP/s) plus 2 µs. Selection (``k`` results per row, default ``in_features // 5``,
+    SRigL's 2K at 90% sparsity), when :func:`~tritonsparse.kernels.topk_select.serves` it:
+    the kernel's warp instructions (``_SELECT_SASS``, from its SASS: a bitonic sort of
+    KP = ``sort_width(k)`` int64 keys per row, ``passes`` bisection passes over the row)
+    at the integer pipe's 2 warp instructions per clock per SM (its bound), plus 2 µs;
+    otherwise the PyTorch selection, its bytes through L2 at 5.5 TB/s (58 B per element of
+    G, 11 kernels of 2 µs). Baseline: abs 8, exclusion mask 16, ``topk`` 16 (40 B, 3
+    kernels)."""
+    from . import topk_select as sel
+
+    k = max(1, in_features // 5) if k is None else k
     rate = _H100["tf32_flops"] if tf32 else _H100["fp32_flops"]
     gemm = 2 * batch * in_features * out_features / rate * 1e6 + _H100["floor_us"]
     elems = in_features * out_features
     bw = _H100["l2_bytes_per_s"] / 1e6  # bytes per µs
 
-    def passes(bytes_per_elem, kernels):
+    def passes_us(bytes_per_elem, kernels):
         return elems * bytes_per_elem / bw + kernels * _H100["floor_us"]
 
-    chunked = gemm + passes(8 + 8 + 16 + 5 + 5 + 1 + 9 + 3 + 1 + 1 + 1, 11)
-    dense = gemm + passes(8 + 16 + 16, 3)
-    return {"gemm_us": gemm, "chunked_us": chunked, "dense_topk_us": dense}
+    if sel.serves(in_features, k):
+        kp, c = sel.sort_width(k), _SELECT_SASS
+        log = kp.bit_length() - 1
+        per_row = kp / 32 * log * (log + 1) / 2 * c["per_key_stage"] + in_features / 32 * (
+            c["per_elem"] + passes * c["per_elem_pass"])
+        select = out_features * per_row * c["int_share"] / _H100["alu_warp_instr_per_s"] * 1e6 + _H100["floor_us"]
+    else:
+        select = passes_us(8 + 8 + 16 + 5 + 5 + 1 + 9 + 3 + 1 + 1 + 1, 11)
+    dense = gemm + passes_us(8 + 16 + 16, 3)
+    return {"gemm_us": gemm, "select_us": select, "chunked_us": gemm + select, "dense_topk_us": dense}
 
 
 def _aot_specs():

@@ -125,10 +125,23 @@ def analyze(p: Problem, arch: int = 90, gpu: M.GPU = M.H100_SXM, fp_fusion=None,
             g = launch.grid_for(cfg)
             t = M.kernel_time(summ, regs=usage["regs"], shared=max(usage["shared"], compiled.metadata.shared),
                               warps=cfg.num_warps, ctas=g[0] * g[1] * g[2], useful_fmas=int(p.useful_fmas * share),
-                              hbm_bytes=hbm * share, gather_slice_bytes=_gather_slice(p, cfg.kwargs), gpu=gpu)
+                              hbm_bytes=hbm * share, gather_slice_bytes=_gather_slice(p, cfg.kwargs), gpu=gpu,
+                              trips=_model_trips(launch, cfg))
             out.append(ConfigResult(p, li, launch.name, dict(cfg.kwargs), cfg.num_warps, cfg.num_stages, arch, usage,
                                     summ.loop_counts or {}, t, len(summ.loops)))
     return out
+
+
+def _model_trips(launch, cfg):
+    """Hot-loop trips per CTA when the kernel's module can tell them from the launch's
+    arguments (``model_trips(args)``: a loop whose trips depend on the data, not on the
+    multiply-adds, e.g. the top-k selection's bisection); None otherwise."""
+    import importlib
+
+    from .compile import jit_function
+
+    fn = getattr(importlib.import_module(jit_function(launch.kernel).fn.__module__), "model_trips", None)
+    return fn(launch.full_args(cfg)) if fn is not None else None
 
 
 def best_per_launch(results: list[ConfigResult]) -> list[ConfigResult]:
