@@ -162,3 +162,21 @@ def test_bad_input(bad, match):
     args.update(bad)
     with pytest.raises(ValueError, match=match):
         sel.topk_select(args["g"], args["k"], args["exclude"], out=args.get("out"))
+
+
+def test_bisection_passes_replay_the_kernel_loop():
+    """The pass counts the SASS report multiplies the hot loop by: none when at most KP
+    columns are selectable, the full 31 when every score ties (the exact k-th key), and
+    about 10 on Gaussian rows; ``model_trips`` takes their mean over a launch's rows."""
+    assert sel.bisection_passes(torch.randn(3, 100), 60).tolist() == [0, 0, 0]  # 100 <= KP 128
+    tied = sel.bisection_passes(torch.full((2, 300), 0.5), 100)
+    assert tied.tolist() == [31, 31]
+    gauss = sel.bisection_passes(torch.randn(64, 768, generator=torch.Generator().manual_seed(0)), 154)
+    assert 6 <= float(gauss.float().mean()) <= 12
+    ex = torch.arange(0, 300, 2).repeat(2, 1)  # 150 excluded: 150 selectable > KP 128 still
+    assert (sel.bisection_passes(torch.randn(2, 300), 100, ex) > 0).all()
+    assert (sel.bisection_passes(torch.randn(2, 300), 100, torch.arange(0, 200).repeat(2, 1)) == 0).all()
+    g = torch.cat([torch.full((1, 300), 0.5), torch.randn(3, 300)])
+    want = -(-int(sel.bisection_passes(g, 100).sum()) // 4)
+    assert sel.model_trips({"g_ptr": g, "k": 100, "HAS_EXCLUDE": False}) == want
+    assert sel.model_trips({"g_ptr": None, "k": 1}) is None
