@@ -166,17 +166,31 @@ def test_bad_input(bad, match):
 
 def test_bisection_passes_replay_the_kernel_loop():
     """The pass counts the SASS report multiplies the hot loop by: none when at most KP
-    columns are selectable, the full 31 when every score ties (the exact k-th key), and
-    about 10 on Gaussian rows; ``model_trips`` takes their mean over a launch's rows."""
+    columns are selectable or all scores tie (the bracket is one key wide), 23 to split
+    two values a binade apart (the exact k-th key), ~4 on Gaussian rows; ``model_trips``
+    takes their mean over a launch's rows."""
     assert sel.bisection_passes(torch.randn(3, 100), 60).tolist() == [0, 0, 0]  # 100 <= KP 128
-    tied = sel.bisection_passes(torch.full((2, 300), 0.5), 100)
-    assert tied.tolist() == [31, 31]
+    assert sel.bisection_passes(torch.full((2, 300), 0.5), 100).tolist() == [0, 0]
+    two = torch.cat([torch.full((1, 200), 1.0), torch.full((1, 100), 2.0)], 1)
+    assert sel.bisection_passes(two, 150).tolist() == [23]
     gauss = sel.bisection_passes(torch.randn(64, 768, generator=torch.Generator().manual_seed(0)), 154)
-    assert 6 <= float(gauss.float().mean()) <= 12
+    assert 3 <= float(gauss.float().mean()) <= 6
     ex = torch.arange(0, 300, 2).repeat(2, 1)  # 150 excluded: 150 selectable > KP 128 still
     assert (sel.bisection_passes(torch.randn(2, 300), 100, ex) > 0).all()
     assert (sel.bisection_passes(torch.randn(2, 300), 100, torch.arange(0, 200).repeat(2, 1)) == 0).all()
-    g = torch.cat([torch.full((1, 300), 0.5), torch.randn(3, 300)])
-    want = -(-int(sel.bisection_passes(g, 100).sum()) // 4)
-    assert sel.model_trips({"g_ptr": g, "k": 100, "HAS_EXCLUDE": False}) == want
+    g = torch.cat([two[:, :300], torch.randn(3, 300)])
+    want = -(-int(sel.bisection_passes(g, 150).sum()) // 4)
+    assert sel.model_trips({"g_ptr": g, "k": 150, "HAS_EXCLUDE": False}) == want
     assert sel.model_trips({"g_ptr": None, "k": 1}) is None
+
+
+def test_two_values_force_the_exact_tie_cut():
+    """300 scores, 100 of them 2.0 and 200 of them 1.0 (interleaved), k = 150: more than
+    KP = 256 survive any threshold below 2.0, so the bisection runs to the exact k-th key
+    and keeps the lowest 50 columns holding 1.0."""
+    g = torch.ones(2, 300)
+    g[:, ::3] = 2.0
+    g[1] = -g[1]
+    scores, cols = _check(g, 150)
+    ones = [c for c in range(300) if c % 3][:50]
+    assert cols[0].tolist() == list(range(0, 300, 3)) + ones
