@@ -244,9 +244,9 @@ def test_chunked_cost_model_matches_the_documented_figures():
     from tritonsparse.kernels.gradient_topk import chunked_cost_model
 
     exact, fast = chunked_cost_model(256, 3072, 768), chunked_cost_model(256, 3072, 768, tf32=True)
-    assert [round(exact[k]) for k in ("gemm_us", "select_us", "chunked_us", "dense_topk_us")] == [26, 33, 59, 49]
-    assert [round(fast[k]) for k in ("gemm_us", "chunked_us", "dense_topk_us")] == [5, 38, 28]
-    assert round(chunked_cost_model(256, 768, 3072, k=154)["select_us"]) == 24
+    assert [round(exact[k]) for k in ("gemm_us", "select_us", "chunked_us", "dense_topk_us")] == [26, 29, 55, 49]
+    assert [round(fast[k]) for k in ("gemm_us", "chunked_us", "dense_topk_us")] == [5, 34, 28]
+    assert round(chunked_cost_model(256, 768, 3072, k=154)["select_us"]) == 21
     # a shape the kernel does not serve keeps the PyTorch selection's model
     assert round(chunked_cost_model(256, 8192, 768)["select_us"]) == round(8192 * 768 * 58 / 5.5e6 + 22)
 

@@ -48,14 +48,15 @@ G plus (rows, KP) int64 survivors.
 Modeled cost (**modeled**, H100 SXM, not measured; the SASS report
 ``python -m tritonsparse.sass topk ...`` on the sm_90 build, and :func:`chunked_cost_model`
 from the same SASS counts), SRigL's k = 2K on the ViT-B MLP at batch 256: the selection
-kernel 24 µs at 768 -> 3072 (k=154, KP 256, 1 warp a row) and 32 µs at 3072 -> 768 (k=614,
-KP 1024, 4 warps), bound by the integer pipe (83% of its instructions), two thirds of them
-in the int64 bitonic sort; with the exact fp32 GEMM (26 µs) the op is 50 / 58 µs (it was
-110 µs with the ~22 PyTorch selection operators), with TF32 (6.4 µs) 31 / 38 µs, i.e.
-4.7x / 6.0x the TF32 GEMM alone (issue 8 asks <= 2x). The sort is what bounds it: a
-per-row LSD radix sort of the 32-bit scores (stable, so ties keep column order) in shared
-memory would cost ~20 instructions per survivor instead of ~11 per survivor per bitonic
-stage (36-55 stages), but needs a shared-memory scatter Triton does not expose.
+kernel 20 µs at 768 -> 3072 (k=154, KP 256, 1 warp a row) and 28 µs at 3072 -> 768 (k=614,
+KP 1024, 4 warps), bound by the integer pipe (83% of its instructions), ~80% of them in
+the int64 bitonic sort (the bisection: ~4 passes of 2 instructions a key); with the exact
+fp32 GEMM (26 µs) the op is 46 / 54 µs (it was 110 µs with the ~22 PyTorch selection
+operators), with TF32 (6.4 µs) 27 / 35 µs, i.e. 4.1x / 5.4x the TF32 GEMM alone (issue 8
+asks <= 2x). The sort is what bounds it: a per-row LSD radix sort of the 32-bit scores
+(stable, so ties keep column order) in shared memory would cost ~20 instructions per
+survivor instead of ~11 per survivor per bitonic stage (36-55 stages), but needs a
+shared-memory scatter Triton does not expose.
 """
 from __future__ import annotations
 
@@ -191,7 +192,7 @@ def uses_fused_kernel(k: int, kx: int, out_features: int = 0, in_features: int =
     :func:`gradient_topk_chunked`. The kernel needs a buffer of at most ``MAX_KERNEL_KP``.
     On CUDA it is also chosen by size: while the whole (out, in) product fits in one chunk
     the chunked path is used, as it is modeled faster (ViT-B 768 -> 3072, fp32, batch 256,
-    exact, k = 8: 36 µs (``chunked_cost_model``) against 122-148 µs for the fused kernel,
+    exact, k = 8: 32 µs (``chunked_cost_model``) against 122-148 µs for the fused kernel,
     whose per-tile top-k merge is issue-bound); past one chunk the fused kernel saves the
     product's memory."""
     if buffer_width(k, kx) > MAX_KERNEL_KP:
@@ -300,8 +301,8 @@ _H100 = {"l2_bytes_per_s": 5.5e12, "floor_us": 2.0, "fp32_flops": 50e12, "tf32_f
 # 4096 / 1024): per survivor per bitonic stage, per row element per bisection pass, per
 # row element once (load, key, cumsum, scatter); 83% of them run on the integer pipe
 # (SEL, ISETP, LOP3, IMAD; the rest are shuffles, loads and stores).
-_SELECT_SASS = {"per_key_stage": 11.0, "per_elem_pass": 5.0, "per_elem": 10.0, "int_share": 0.83}
-SELECT_PASSES = 10  # bisection passes per row, mean on the ViT-B problems' Gaussian data (9.3)
+_SELECT_SASS = {"per_key_stage": 11.0, "per_elem_pass": 3.8, "per_elem": 10.0, "int_share": 0.83}
+SELECT_PASSES = 5  # bisection passes per row on the ViT-B problems' Gaussian data (mean 4.1, rounded up as the report does)
 
 
 def chunked_cost_model(batch: int, in_features: int, out_features: int, tf32: bool = False,
