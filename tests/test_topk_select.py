@@ -194,3 +194,18 @@ def test_two_values_force_the_exact_tie_cut():
     scores, cols = _check(g, 150)
     ones = [c for c in range(300) if c % 3][:50]
     assert cols[0].tolist() == list(range(0, 300, 3)) + ones
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows,n,k,kx", [(3072, 768, 154, 77), (768, 3072, 614, 307), (64, 4096, 1639, 0)],
+                         ids=["vit-fc1", "vit-fc2", "widest"])
+def test_cuda_matches_the_rules(rows, n, k, kx):
+    """On a GPU, at the ViT-B SRigL widths and the widest served one (warp counts 1, 4,
+    16), with ties (small integers), NaN and exclusions."""
+    gen = torch.Generator().manual_seed(3)
+    g = torch.randint(-40, 41, (rows, n), generator=gen).float()
+    g[::7, 5] = float("nan")
+    ex = _exclude(rows, n, kx) if kx else None
+    got = sel.topk_select(g.cuda(), k, ex.cuda() if ex is not None else None)
+    ref = _rules(g, k, ex)
+    assert torch.equal(got[1].cpu(), ref[1]) and torch.equal(got[0].cpu(), ref[0])
