@@ -300,4 +300,9 @@ def test_readme_targets_table_from_the_committed_csvs():
     text = kr.readme_tables(os.path.join(ROOT, "benchmarks", "results", "kernel_report_h100_sm90.csv"))
     targets = [ln for ln in text.split("\n\n")[0].splitlines()[2:]]
     assert len(targets) >= 6
-    assert not any("not in the calibration CSV" in ln for ln in targets)
+    # the forward / training-step targets are re-modeled by the calibration (gradient_topk's
+    # problems may change with its kernels; a missing row then says so in the table)
+    kernel_targets = [ln for ln in targets if not ln.startswith("| gradient_topk")]
+    assert len(kernel_targets) == 6
+    assert not any("not in the calibration CSV" in ln for ln in kernel_targets)
+    assert all(" (×/÷ " in h for h in text.split("\n\n")[1].splitlines()[:1])  # per-problem header carries the band
