@@ -306,3 +306,14 @@ def test_readme_targets_table_from_the_committed_csvs():
     assert len(kernel_targets) == 6
     assert not any("not in the calibration CSV" in ln for ln in kernel_targets)
     assert all(" (×/÷ " in h for h in text.split("\n\n")[1].splitlines()[:1])  # per-problem header carries the band
+
+
+def test_readme_tables_are_the_generated_ones():
+    """The README's modeled tables are ``kernel_report.py --readme-table`` of the committed
+    CSVs, line for line (regenerate them after changing either CSV)."""
+    kr = _kernel_report()
+    text = kr.readme_tables(os.path.join(ROOT, "benchmarks", "results", "kernel_report_h100_sm90.csv"))
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read().splitlines()
+    missing = [ln for ln in text.splitlines() if ln.strip() and ln not in readme]
+    assert not missing, f"README lines differ from the generated tables: {missing[:3]}"
