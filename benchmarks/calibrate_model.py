@@ -100,7 +100,8 @@ FOLDS = {"A": ("layer_norm", "tvd", "fused_moe", "copy_blocks"),
          "B": ("fused_add_rms_norm", "relu_squared", "llama4_rope", "paged_attention", "reshape_and_cache")}
 GATHER_FAMILIES = ("fused_moe", "paged_attention")
 TWO_PARAMS = ("hbm_efficiency", "launch_floor_s")  # the constants streaming kernels pin down
-TWO = "HBM + floor only"  # gather + tl.dot (tensor cores)
+TWO = "HBM + floor only"  # the recommended calibration's name in the summary
+PER_POINT = "points weighted equally"  # the weighting sensitivity's name
 REGIMES = ("memory-bound", "latency-bound", "tensor-core/gather")
 LATENCY_BOUND_S = 10e-6  # a point whose compulsory bytes take less than this at HBM peak
 
@@ -752,6 +753,8 @@ def evaluate(published: list[dict], recs_by_point: dict) -> tuple[list[dict], li
         fits[f"{fold}, {TWO}"] = (fit(recs_by_point, measured, train, groups=fam, free=TWO_PARAMS)
                                   if train else dict(ref))
     fits[f"all, {TWO}"] = fit(recs_by_point, measured, list(measured), groups=fam, free=TWO_PARAMS)
+    # sensitivity to the weighting: every point weighs the same (a family of one then weighs little)
+    fits[f"all, {TWO}, {PER_POINT}"] = fit(recs_by_point, measured, list(measured), free=TWO_PARAMS)
     rows = []
     for p in pts:
         k = p["id"]
@@ -893,12 +896,14 @@ LATENCY_SWEEP = (300.0, 600.0, 1000.0, 1500.0)
 CONCLUSION_ROLES = ("fwd", "dx", "dw", "topk")  # the issue-8 problems re-modeled (conv is not an issue-8 target)
 
 
-def conclusions(params: dict, band: float, out_csv: str, max_configs: int | None = None) -> list[dict]:
+def conclusions(params: dict, band: float, out_csv: str, max_configs: int | None = None,
+                alt_params: dict | None = None) -> list[dict]:
     """Re-model the project's own issue-8 problems (the report's cases) with the reference
     and the fitted constants: the sparse op, the dense op, their ratio, and the ratio's
     range when the sparse op's modeled time may be off by ``band`` (a |log| error; the
     dense cuBLAS figure is not calibrated by these data); for the fp32 forward also the
-    ratio at each memory latency of ``LATENCY_SWEEP``. Compiles the project's kernels
+    ratio at each memory latency of ``LATENCY_SWEEP``; with ``alt_params`` (another fit,
+    e.g. weighted per point) its columns ``*_alt``. Compiles the project's kernels
     (Triton's cache makes reruns fast)."""
     from tritonsparse.sass import model as M
     from tritonsparse.sass import report as R
@@ -910,8 +915,9 @@ def conclusions(params: dict, band: float, out_csv: str, max_configs: int | None
             continue
         res = R.analyze(p, gpu=M.H100_SXM, max_configs=max_configs)
         row = {"problem": p.label}
-        for name, gpu in (("ref", M.H100_SXM), ("fit", fitted)):
-            res_g = R.analyze(p, gpu=gpu, max_configs=max_configs) if name == "fit" else res
+        gpus = [("ref", M.H100_SXM), ("fit", fitted)] + ([("alt", gpu_with(alt_params))] if alt_params else [])
+        for name, gpu in gpus:
+            res_g = R.analyze(p, gpu=gpu, max_configs=max_configs) if name != "ref" else res
             s = R.op_summary(p, res_g, gpu)
             row[f"sparse_{name}_us"] = s["modeled"] * 1e6
             row[f"dense_{name}_us"] = s["dense"] * 1e6
@@ -1015,7 +1021,9 @@ def main(argv=None):
         fit_all = next(s for s in summary if s["what"] == f"fit:all, {TWO}")
         band = next(s["p90_abs_log"] for s in summary
                     if s["what"] == f"error:held-out, {TWO}" and s["regime"] == "all")
-        conclusions({k: fit_all[k] for k in PARAMS}, band, out["conclusions"])
+        alt = next(s for s in summary if s["what"] == f"fit:all, {TWO}, {PER_POINT}")
+        conclusions({k: fit_all[k] for k in PARAMS}, band, out["conclusions"],
+                    alt_params={k: alt[k] for k in PARAMS})
     print("outputs:", os.path.dirname(out["points"]))
     return 0
 
