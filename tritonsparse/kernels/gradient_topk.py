@@ -24,6 +24,17 @@ columns is padded with index -1 and score -inf, like a row with too many exclusi
 padding); after the last tile the excluded columns are struck out of the buffer and the
 best k of the rest are exact. Extra memory: the (out, k) outputs.
 
+**Groups (``group_size`` = g > 1, the GROUPED variant).** A result row is a group j of g
+consecutive rows of G, scored ``sum_r |G[j·g + r, d]|`` (the regrowth score of a
+group-shared layer). A program owns BLOCK_M groups; for each column tile it runs the
+``tl.dot`` of row r of each of its groups (r = 0..g-1, one row per group at a time, so any
+g works) and adds ``|tile|`` into an fp32 group sum before the same keys and merge; a NaN
+in any row of a group makes that group's column unselectable. The GROUPED builds hold one
+more (BLOCK_M, TILE_D) fp32 tile; they exist for exact fp32 and bf16 (DST's launches), other
+grouped calls go to ``tritonsparse.topk.grouped_chunked``. g is not specialized
+(``do_not_specialize``), so one build serves every g. On CUDA a grouped launch has
+out / (g·BLOCK_M) programs, hence the ``_MIN_PROGRAMS`` rule in :func:`uses_fused_kernel`.
+
 The merge holds a (BLOCK_M, 2·KP) int64 tensor in registers, so KP is capped at 128:
 the kernel's config builds for sm_80/sm_90 with 0 spills and 0 stack at every KP up to
 128, with and without the runtime's specialization, in about 5-20 s each; the old
