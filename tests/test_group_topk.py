@@ -181,25 +181,29 @@ def test_bad_group_size(bad, err, match):
 
 
 def test_dst_over_groups_ranks_with_the_kernel(monkeypatch):
-    """An SRigL update over groups under the interpreter runs the fused grouped kernel and
-    makes the same pattern as the torch backend."""
+    """An SRigL update over groups with ablation under the interpreter ranks with the fused
+    grouped kernel in all three of its calls (all groups; the salient set's subset of
+    groups; the regrowth with exclusions after the fan-in grows) and makes the same
+    pattern as the torch backend."""
     from tritonsparse.dst.groups import group_gradient_candidates, group_update
     from tritonsparse.nn import CondensedLinear
 
     x, gy = torch.randn(12, 30), torch.randn(12, 16)
+    gy[:, 4:] *= 1e-3  # only group 0 is salient: three groups are ablated, K grows 4 -> 16
     results = {}
     for backend in ("torch", "triton"):
         monkeypatch.setenv("TRITONSPARSE_BACKEND", backend)
         seen = []
         real = kern.gradient_topk
-        monkeypatch.setattr(kern, "gradient_topk", lambda *a, **kw: seen.append(a[6]) or real(*a, **kw))
+        monkeypatch.setattr(kern, "gradient_topk",
+                            lambda *a, **kw: seen.append((a[6], a[1].shape[1], a[3] is not None)) or real(*a, **kw))
         torch.manual_seed(1)
-        layer = CondensedLinear(30, 16, fan_in=9, group_size=4)
+        layer = CondensedLinear(30, 16, fan_in=4, group_size=4)
         opt = torch.optim.SGD(layer.parameters(), lr=0.1)
-        stats = group_update(layer, opt, 0.3, group_gradient_candidates(x, gy, 4), None)
+        stats = group_update(layer, opt, 0.5, group_gradient_candidates(x, gy, 4), 1.0)
         monkeypatch.setattr(kern, "gradient_topk", real)
         results[backend] = (layer.weight_indices.clone(), layer.to_dense_weight().clone(), stats, seen)
     (ti, tw, ts, t_seen), (ki, kw_, ks, k_seen) = results["torch"], results["triton"]
-    assert t_seen == [] and k_seen and set(k_seen) == {4}
-    assert ks["grown"] > 0 and ts == ks
+    assert t_seen == [] and k_seen == [(4, 16, False), (4, 4, False), (4, 16, True)]
+    assert ks["ablated"] == 12 and ks["fan_in"] == 16 and ts == ks
     assert torch.equal(ti, ki) and torch.equal(tw, kw_)
