@@ -137,12 +137,12 @@ def test_without_exclusions_and_unbuilt_dtypes(kernel_calls, dtype, kernel):
 
 
 def test_cuda_rule_needs_enough_groups():
-    """On CUDA the grouped kernel runs only past one chunk and with a program per SM."""
-    big_in, k, kx = 4096, 8, 24
-    assert kern.uses_fused_kernel(k, kx, 14336, big_in, cuda=True, group_size=1)
-    assert kern.uses_fused_kernel(k, kx, 14336, big_in, cuda=True, group_size=4)  # 3584 groups
-    assert not kern.uses_fused_kernel(k, kx, 14336, big_in, cuda=True, group_size=64)  # 224 groups
-    assert not kern.uses_fused_kernel(k, kx, 3072, 768, cuda=True, group_size=4)  # fits one chunk
+    """On CUDA the grouped kernel follows the plain kernel's rule, and needs a program per SM."""
+    k, kx = 8, 24
+    for out_f, in_f in ((14336, 4096), (3072, 768)):
+        plain = kern.uses_fused_kernel(k, kx, out_f, in_f, cuda=True)
+        assert kern.uses_fused_kernel(k, kx, out_f, in_f, cuda=True, group_size=4) == plain  # 3584 / 768 groups
+        assert not kern.uses_fused_kernel(k, kx, out_f, in_f, cuda=True, group_size=64)  # <= 224 groups
     assert kern.uses_fused_kernel(k, kx, 24, 33, cuda=False, group_size=24)  # the interpreter
     assert not kern.uses_fused_kernel(100, 40, 24, 33, cuda=False, group_size=2)  # KP 256
 
