@@ -1,13 +1,21 @@
 """Calibrate the SASS roofline model (:mod:`tritonsparse.sass.model`) against published
 H100 timings of open-source Triton kernels (issue 12).
 
-The published figures are Liger-Kernel's ``triton.testing.do_bench`` medians on an
-"NVIDIA H100 80GB HBM3" (``benchmark/data/all_benchmark_data.csv`` of
-github.com/linkedin/Liger-Kernel), copied with attribution into
-``benchmarks/calibration/liger_h100.csv`` (each row names repository, file, commit and
-GPU). Liger's *code* is never copied: the script imports the ``liger-kernel`` package
-(the optional extra ``.[calibrate]``, or ``--install`` into a private directory) and runs
-its public autograd Functions on CPU tensors with every Triton launch intercepted
+The published figures (each row names repository, file, commit and GPU; figures copied
+with attribution, code never):
+
+- Liger-Kernel's ``triton.testing.do_bench`` medians on an "NVIDIA H100 80GB HBM3"
+  (``benchmark/data/all_benchmark_data.csv`` of github.com/linkedin/Liger-Kernel), in
+  ``benchmarks/calibration/liger_h100.csv``;
+- conch's README table ("NVIDIA H100", ``do_bench`` medians of its ``benchmarks/*.py``
+  scripts at their default shapes; github.com/stackav-oss/conch): paged attention (KV
+  blocks gathered through a block table: a gather point), vLLM copy-blocks and
+  reshape-and-cache, in ``benchmarks/calibration/conch_h100.csv``.
+
+Their code is imported, never copied: the script imports the ``liger-kernel`` and
+``conch-triton-kernels`` packages (the optional extra ``.[calibrate]``, or ``--install``
+into a private directory, pip ``--no-deps``) and runs their public functions on CPU
+tensors with every Triton launch intercepted
 (:func:`tritonsparse.sass.compile.intercept_launches`). Each launch is compiled for sm_90
 with the runtime's specialization, its SASS counted and modeled exactly as the project's
 report does; an op's time is the sum of its launches (each the modeled-fastest of the
@@ -22,15 +30,18 @@ calibration: it generalizes across families, the five-constant fit does not). Er
 |log(modeled / measured)|, median and 90th percentile, per regime. ``--conclusions``
 re-models the project's own issue-8 problems with the recommended constants.
 
-    pip install -e .[calibrate]          # or: --install (pip --no-deps into --target)
+    pip install -e .[calibrate]          # or: --install --target DIR (pip --no-deps)
     python benchmarks/calibrate_model.py                 # compile + model + fit + plot
-    python benchmarks/calibrate_model.py --refit-only    # fit + plot from the committed CSVs
+    python benchmarks/calibrate_model.py --refit-only    # fit + plot from the committed launch CSV
+    python benchmarks/calibrate_model.py --families paged_attention copy_blocks   # recompute some families
     python benchmarks/calibrate_model.py --extract /path/to/all_benchmark_data.csv --commit SHA
 
-Outputs: ``benchmarks/results/calibration_h100_launches.csv`` (per launch and config:
-the model's terms at the reference constants), ``calibration_h100_points.csv`` (per
-published point: measured, modeled, held-out modeled), ``calibration_h100_summary.csv``
-(fitted constants, error statistics) and ``plots/calibration_h100.png``.
+Outputs go to ``./calibration_results`` (``--out-dir``) unless ``--repo-results`` is
+given, which writes the committed files: ``benchmarks/results/calibration_h100_launches.csv``
+(per launch and config: the model's terms at the reference constants),
+``calibration_h100_points.csv`` (per published point: measured, modeled, held-out
+modeled), ``calibration_h100_summary.csv`` (fitted constants, error statistics),
+``calibration_h100_conclusions.csv`` (``--conclusions``) and ``plots/calibration_h100.png``.
 All modeled times are **modeled** (H100 SXM roofline of ``tritonsparse.sass.model``).
 """
 from __future__ import annotations
@@ -49,15 +60,26 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 PUBLISHED_CSV = os.path.join(ROOT, "benchmarks", "calibration", "liger_h100.csv")
-LAUNCHES_CSV = os.path.join(ROOT, "benchmarks", "results", "calibration_h100_launches.csv")
-POINTS_CSV = os.path.join(ROOT, "benchmarks", "results", "calibration_h100_points.csv")
-SUMMARY_CSV = os.path.join(ROOT, "benchmarks", "results", "calibration_h100_summary.csv")
-PLOT_PNG = os.path.join(ROOT, "plots", "calibration_h100.png")
+CONCH_CSV = os.path.join(ROOT, "benchmarks", "calibration", "conch_h100.csv")
+PUBLISHED_CSVS = (PUBLISHED_CSV, CONCH_CSV)
+RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
+PLOTS_DIR = os.path.join(ROOT, "plots")
+DEFAULT_OUT_DIR = "calibration_results"  # relative to the current folder (git-ignored in the checkout)
+LAUNCHES_NAME, POINTS_NAME, SUMMARY_NAME = ("calibration_h100_launches.csv", "calibration_h100_points.csv",
+                                            "calibration_h100_summary.csv")
+CONCLUSIONS_NAME, PLOT_NAME = "calibration_h100_conclusions.csv", "calibration_h100.png"
+# the committed results (what the README quotes; --repo-results rewrites them)
+LAUNCHES_CSV = os.path.join(RESULTS_DIR, LAUNCHES_NAME)
+POINTS_CSV = os.path.join(RESULTS_DIR, POINTS_NAME)
+SUMMARY_CSV = os.path.join(RESULTS_DIR, SUMMARY_NAME)
+CONCLUSIONS_CSV = os.path.join(RESULTS_DIR, CONCLUSIONS_NAME)
+PLOT_PNG = os.path.join(PLOTS_DIR, PLOT_NAME)
 
 LIGER_VERSION = "0.8.5"  # the package whose kernels are compiled (the figures name the version they measured)
 LIGER_REPO = "linkedin/Liger-Kernel"
 LIGER_FILE = "benchmark/data/all_benchmark_data.csv"
 H100_NAME = "NVIDIA H100 80GB HBM3"
+CONCH_VERSION = "1.3"  # conch-triton-kernels on PyPI (the README figures were measured with 1.1.0)
 
 # (kernel_name, provider) of the published rows used, and the family each belongs to
 FAMILY_OF = {
@@ -67,17 +89,24 @@ FAMILY_OF = {
     ("tvd", "liger"): "tvd",
     ("llama4_rope", "liger"): "llama4_rope",
     ("fused_moe", "liger"): "fused_moe",
+    ("paged_attention", "conch"): "paged_attention",
+    ("copy_blocks", "conch"): "copy_blocks",
+    ("reshape_and_cache", "conch"): "reshape_and_cache",
 }
+CONCH_FAMILIES = ("paged_attention", "copy_blocks", "reshape_and_cache")
 # the two folds of families (each fold is fitted on the other and tested on itself)
-FOLDS = {"A": ("layer_norm", "tvd", "fused_moe"), "B": ("fused_add_rms_norm", "relu_squared", "llama4_rope")}
-GATHER_FAMILIES = ("fused_moe",)
+# (one gather family in each fold, so the gather regime is held out both ways)
+FOLDS = {"A": ("layer_norm", "tvd", "fused_moe", "copy_blocks"),
+         "B": ("fused_add_rms_norm", "relu_squared", "llama4_rope", "paged_attention", "reshape_and_cache")}
+GATHER_FAMILIES = ("fused_moe", "paged_attention")
 TWO_PARAMS = ("hbm_efficiency", "launch_floor_s")  # the constants streaming kernels pin down
-TWO = "HBM + floor only"  # gather + tl.dot (tensor cores)
+TWO = "HBM + floor only"  # the recommended calibration's name in the summary
+PER_POINT = "points weighted equally"  # the weighting sensitivity's name
 REGIMES = ("memory-bound", "latency-bound", "tensor-core/gather")
 LATENCY_BOUND_S = 10e-6  # a point whose compulsory bytes take less than this at HBM peak
 
 PUBLISHED_COLUMNS = ["source_repo", "source_file", "source_commit", "gpu_name", "kernel_name", "kernel_provider",
-                     "mode", "x_name", "x_value", "extra_config", "measured_liger_version", "timestamp",
+                     "mode", "x_name", "x_value", "extra_config", "measured_version", "timestamp",
                      "median_ms", "p20_ms", "p80_ms"]
 TERM_NAMES = ["issue", "fma pipe", "alu pipe", "cvt pipe", "mufu pipe", "L1/LSU", "tensor pipe", "latency", "L2",
               "HBM"]
@@ -103,7 +132,7 @@ def extract_published(src_csv: str, commit: str, out_csv: str = PUBLISHED_CSV) -
                          "gpu_name": r["gpu_name"], "kernel_name": r["kernel_name"],
                          "kernel_provider": r["kernel_provider"], "mode": r["kernel_operation_mode"],
                          "x_name": r["x_name"], "x_value": r["x_value"], "extra_config": r["extra_benchmark_config_str"],
-                         "measured_liger_version": r["liger_version"], "timestamp": r["timestamp"],
+                         "measured_version": r["liger_version"], "timestamp": r["timestamp"],
                          "median_ms": r["y_value_50"], "p20_ms": r["y_value_20"], "p80_ms": r["y_value_80"]})
     os.makedirs(os.path.dirname(out_csv), exist_ok=True)
     with open(out_csv, "w", newline="") as f:
@@ -113,44 +142,60 @@ def extract_published(src_csv: str, commit: str, out_csv: str = PUBLISHED_CSV) -
     return len(rows)
 
 
-def read_published(path: str = PUBLISHED_CSV) -> list[dict]:
-    """The published points, each with an ``id`` (family/mode/x) and its ``family``."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        missing = [c for c in ("source_repo", "source_file", "source_commit", "gpu_name") if not r.get(c)]
-        if missing:
-            raise ValueError(f"{path}: a published row lacks its source {missing}: {r}")
-        r["family"] = FAMILY_OF[(r["kernel_name"], r["kernel_provider"])]
-        r["id"] = f"{r['family']}/{r['mode']}/{r['x_name']}={r['x_value']}"
+def read_published(paths=PUBLISHED_CSVS) -> list[dict]:
+    """The published points of ``paths`` (one CSV or several), each with an ``id``
+    (family/mode/x) and its ``family``. A row without its source is an error."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = (paths,)
+    rows = []
+    for path in paths:
+        with open(path, newline="") as f:
+            part = list(csv.DictReader(f))
+        for r in part:
+            missing = [c for c in ("source_repo", "source_file", "source_commit", "gpu_name") if not r.get(c)]
+            if missing:
+                raise ValueError(f"{path}: a published row lacks its source {missing}: {r}")
+            key = (r["kernel_name"], r["kernel_provider"])
+            if key not in FAMILY_OF:
+                raise ValueError(f"{path}: unknown kernel {key}; expected one of {sorted(FAMILY_OF)}")
+            r["family"] = FAMILY_OF[key]
+            r["id"] = f"{r['family']}/{r['mode']}/{r['x_name']}={r['x_value']}"
+        rows += part
     return rows
 
 
 # -- the published kernels ------------------------------------------------------------------
-def ensure_liger(install: bool = False, target: str | None = None):
-    """Import ``liger_kernel`` (installing ``liger-kernel==LIGER_VERSION`` with pip
-    ``--no-deps`` into ``target`` first when ``install``). Returns the module."""
-    os.environ.setdefault("LIGER_FUSED_MOE_AUTOTUNE", "0")  # one GEMM config per MoE kernel (see README)
+def _ensure(module: str, requirement: str, install: bool, target: str | None):
+    """Import ``module`` (installing ``requirement`` with pip ``--no-deps`` into ``target``
+    first when ``install``: no CUDA build of torch is pulled in). Returns the module."""
+    import importlib
+
     if target:
         target = os.path.abspath(target)
         if target not in sys.path:
             sys.path.insert(0, target)
     try:
-        import liger_kernel  # noqa: F401
+        return importlib.import_module(module)
     except ImportError:
         if not install:
-            raise RuntimeError("liger-kernel is not installed: pip install -e .[calibrate] (or pass --install)")
+            raise RuntimeError(f"{requirement} is not installed: pip install -e .[calibrate] (or pass --install)")
         if not target:
             raise ValueError("--install needs --target (a directory for the package)")
-        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", target,
-                        f"liger-kernel=={LIGER_VERSION}"], check=True)
-        import importlib
-
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", target, requirement],
+                       check=True)
         importlib.invalidate_caches()
-        import liger_kernel  # noqa: F401
-    import liger_kernel
+        return importlib.import_module(module)
 
-    return liger_kernel
+
+def ensure_liger(install: bool = False, target: str | None = None):
+    """Import ``liger_kernel`` (see :func:`_ensure`; ``liger-kernel==LIGER_VERSION``)."""
+    os.environ.setdefault("LIGER_FUSED_MOE_AUTOTUNE", "0")  # one GEMM config per MoE kernel (see README)
+    return _ensure("liger_kernel", f"liger-kernel=={LIGER_VERSION}", install, target)
+
+
+def ensure_conch(install: bool = False, target: str | None = None):
+    """Import ``conch`` (see :func:`_ensure`; ``conch-triton-kernels==CONCH_VERSION``)."""
+    return _ensure("conch", f"conch-triton-kernels=={CONCH_VERSION}", install, target)
 
 
 @dataclass
@@ -160,6 +205,7 @@ class Captured:
     launches: list
     torch_ops: list
     trips: dict = field(default_factory=dict)  # launch index -> callable(config kwargs) -> trips
+    hbm: dict = field(default_factory=dict)  # launch index -> compulsory DRAM bytes, where not its storages
 
 
 def _capture(fn, hook=None):
@@ -303,6 +349,8 @@ def capture_point(point: dict) -> list[tuple[str, Captured]]:
         cap = fwd_bwd(lambda: liger_llama4_text_rotary_pos_emb(q, k, freqs))
     elif fam == "fused_moe":
         cap = _capture_moe(point, cfg, x, mode)
+    elif fam in CONCH_FAMILIES:
+        cap = _capture_conch(fam, cfg)
     else:
         raise ValueError(f"unknown family {fam!r}")
     return [(point["id"], cap)]
@@ -358,6 +406,94 @@ def _capture_moe(point, cfg, x, mode) -> Captured:
     return cap
 
 
+def _capture_conch(fam: str, cfg: dict) -> Captured:
+    """One of conch's ops at its benchmark script's default shape (``cfg``, from the
+    published row). The inputs are built as the script builds them (same seed, same
+    random sequence lengths and mappings); the caches are left uninitialized (no kernel
+    runs). These launches touch a part of their tensors only, so their compulsory bytes
+    are stated per launch (``Captured.hbm``) instead of the tensors' storages."""
+    import random
+
+    import torch
+
+    dt = _dtype(cfg["dtype"])
+    random.seed(cfg["seed"])  # what the scripts' seed_everything does before drawing
+    torch.manual_seed(cfg["seed"])
+    esize = torch.empty((), dtype=dt).element_size()
+    if fam == "paged_attention":
+        from conch.ops.attention.paged_attention import paged_attention
+
+        B, S, bs = cfg["batch_size"], cfg["seq_len"], cfg["cache_block_size"]
+        nq, nkv, hd = cfg["num_query_heads"], cfg["num_kv_heads"], cfg["head_dim"]
+        q = torch.empty(B, nq, hd, dtype=dt)
+        seq_lens = [random.randint(1, S) for _ in range(B)]  # the script's draw (create_tensors)
+        seq_lens[-1] = S
+        n_blocks = B * S // bs
+        per_seq = (max(seq_lens) + bs - 1) // bs
+        table = torch.as_tensor([[random.randint(0, n_blocks - 1) for _ in range(per_seq)] for _ in range(B)],
+                                dtype=torch.int32)
+        kc = torch.empty(n_blocks, bs, nkv, hd, dtype=dt)
+        vc = torch.empty_like(kc)
+        out = torch.empty_like(q)
+        scales = (torch.full((1,), 1.0, dtype=dt), torch.full((1,), 1.0, dtype=dt))
+        launches, ops, _ = _capture(lambda: paged_attention(
+            q, kc, vc, table, torch.as_tensor(seq_lens, dtype=torch.int32), output=out, scale=float(hd ** -0.5),
+            softcap=cfg["softcap"], kv_cache_dtype=cfg["kv_cache_dtype"], k_scale=scales[0], v_scale=scales[1]))
+        cap = Captured(launches, ops)
+        active = [(n + bs - 1) // bs for n in seq_lens]  # cache blocks each sequence reads
+        for i, launch in enumerate(launches):
+            if launch.name == "_paged_attention_compute_splits_kernel":
+                per_split = int(launch.args["num_cache_blocks_per_split"])
+                splits = launch.grid[1]
+                # each program loops over per_split blocks and skips those past its sequence:
+                # the mean number of blocks a program reads is the loop's trips
+                cap.trips[i] = lambda kw, n=sum(active), p=B * splits: max(1, math.ceil(n / p))
+                # K and V rows read (a physical block drawn twice by the random table is read
+                # twice: the two reads are in different sequences, far apart in time)
+                kv = sum(n * nkv * hd * esize * 2 for n in seq_lens)
+                rest = {k: v for k, v in launch.args.items() if k not in ("key_cache_ptr", "value_cache_ptr")}
+                cap.hbm[i] = kv + _storage_bytes(rest) + sum(active) * 4 * nkv  # + block-table reads
+    elif fam == "copy_blocks":
+        from conch.ops.vllm.copy_blocks import copy_blocks
+
+        L, bs, nkv, hd = cfg["num_layers"], cfg["cache_block_size"], cfg["num_kv_heads"], cfg["head_dim"]
+        nb, nm = cfg["num_blocks"], cfg["num_mappings"]
+        caches = [[torch.empty(nb, bs * nkv * hd, dtype=dt) for _ in range(L)] for _ in range(2)]
+        src = random.sample(range(nb), nm)
+        dst = random.sample(sorted(set(range(nb)) - set(src)), 2 * nm)
+        mapping = torch.tensor([(src[i // 2], dst[i]) for i in range(2 * nm)], dtype=torch.int64).view(-1, 2)
+        launches, ops, _ = _capture(lambda: copy_blocks(caches[0], caches[1], mapping))
+        cap = Captured(launches, ops)
+        page = bs * nkv * hd
+        for i, launch in enumerate(launches):
+            if launch.name == "_copy_blocks_kernel":
+                chunk = int(launch.args["cxpr_chunk_size"])
+                cap.trips[i] = lambda kw, t=math.ceil(page / chunk): t
+                # per layer, K and V: each source page read once (its two copies run in adjacent
+                # programs, the second read hits L2) and each destination page written once
+                cap.hbm[i] = L * 2 * (nm + 2 * nm) * page * esize + mapping.numel() * 8 + 2 * L * 8
+    elif fam == "reshape_and_cache":
+        from conch.ops.vllm.reshape_and_cache import reshape_and_cache
+
+        T, bs, nkv, hd, nb = cfg["num_tokens"], cfg["cache_block_size"], cfg["num_kv_heads"], cfg["head_dim"], \
+            cfg["num_blocks"]
+        slots = torch.tensor(random.sample(range(bs * nb), T), dtype=torch.long)
+        kv = torch.empty(T, 2, nkv, hd, dtype=dt)
+        key, value = kv.unbind(dim=1)
+        kc = torch.empty(nb, bs, nkv, hd, dtype=dt)
+        vc = torch.empty_like(kc)
+        scales = (torch.full((1,), 2.0), torch.full((1,), 3.0))
+        launches, ops, _ = _capture(lambda: reshape_and_cache(key, value, kc, vc, slots, cfg["kv_cache_dtype"],
+                                                              *scales))
+        cap = Captured(launches, ops)
+        for i, launch in enumerate(launches):
+            # the new K and V rows are read once and scattered into the caches once
+            cap.hbm[i] = 2 * kv.numel() * esize + slots.numel() * 8
+    else:
+        raise ValueError(f"unknown conch family {fam!r}")
+    return cap
+
+
 def _arg(launch, i):
     """Name of the ``i``-th argument of a launch's kernel."""
     from tritonsparse.sass.compile import jit_function
@@ -398,16 +534,19 @@ def _storage_bytes(args: dict) -> int:
     return total
 
 
-def model_launch(launch, trips_fn=None, gpu=None, max_configs: int = 8, arch: int = 90, keep_summaries=None) -> list[dict]:
+def model_launch(launch, trips_fn=None, gpu=None, max_configs: int = 8, arch: int = 90, keep_summaries=None,
+                 hbm_bytes: float | None = None) -> list[dict]:
     """Compile every config the launch's autotuner would time (at most ``max_configs``),
     count its SASS and model it with ``gpu``'s constants. One record per config, with the
-    model's terms (seconds) so the constants can be refitted without compiling again."""
+    model's terms (seconds) so the constants can be refitted without compiling again.
+    ``hbm_bytes``: the launch's compulsory DRAM bytes (default: every distinct tensor
+    storage among its arguments, once)."""
     from tritonsparse.sass import model as M
     from tritonsparse.sass.compile import compile_spec, disassemble, resource_usage
     from tritonsparse.sass.parse import summarize
 
     gpu = gpu or M.H100_SXM
-    hbm = _storage_bytes(launch.args)
+    hbm = _storage_bytes(launch.args) if hbm_bytes is None else hbm_bytes
     recs = []
     for cfg in launch.configs()[:max_configs]:
         compiled = compile_spec(launch.specialization(cfg, arch=arch))
@@ -614,6 +753,8 @@ def evaluate(published: list[dict], recs_by_point: dict) -> tuple[list[dict], li
         fits[f"{fold}, {TWO}"] = (fit(recs_by_point, measured, train, groups=fam, free=TWO_PARAMS)
                                   if train else dict(ref))
     fits[f"all, {TWO}"] = fit(recs_by_point, measured, list(measured), groups=fam, free=TWO_PARAMS)
+    # sensitivity to the weighting: every point weighs the same (a family of one then weighs little)
+    fits[f"all, {TWO}, {PER_POINT}"] = fit(recs_by_point, measured, list(measured), free=TWO_PARAMS)
     rows = []
     for p in pts:
         k = p["id"]
@@ -686,14 +827,15 @@ def plot(points_csv: str = POINTS_CSV, out_png: str = PLOT_PNG) -> str:
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
     colors = {"memory-bound": "tab:blue", "latency-bound": "tab:orange", "tensor-core/gather": "tab:red"}
     for regime, c in colors.items():
-        rs = [r for r in rows if r["regime"] == regime]
-        if not rs:
-            continue
-        m = [float(r["measured_us"]) for r in rs]
-        ax.scatter(m, [float(r["modeled_ref_us"]) for r in rs], s=12, facecolors="none", edgecolors=c, alpha=0.6,
-                   label=f"{regime}: reference constants")
-        ax.scatter(m, [float(r["modeled_heldout_2c_us"]) for r in rs], s=14, color=c,
-                   label=f"{regime}: held-out fit ({TWO})")
+        for source, marker in (("Liger", "o"), ("conch", "s")):
+            rs = [r for r in rows if r["regime"] == regime and (r["family"] in CONCH_FAMILIES) == (source == "conch")]
+            if not rs:
+                continue
+            m = [float(r["measured_us"]) for r in rs]
+            ax.scatter(m, [float(r["modeled_ref_us"]) for r in rs], s=14 if marker == "o" else 40, marker=marker,
+                       facecolors="none", edgecolors=c, alpha=0.6, label=f"{regime} ({source}): reference constants")
+            ax.scatter(m, [float(r["modeled_heldout_2c_us"]) for r in rs], s=14 if marker == "o" else 40,
+                       marker=marker, color=c, label=f"{regime} ({source}): held-out fit ({TWO})")
     allv = [float(r[k]) for r in rows for k in ("measured_us", "modeled_ref_us", "modeled_heldout_2c_us")]
     lo, hi = min(allv) / 1.5, max(allv) * 1.5
     ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
@@ -703,10 +845,10 @@ def plot(points_csv: str = POINTS_CSV, out_png: str = PLOT_PNG) -> str:
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
-    ax.set_xlabel("measured (Liger-Kernel do_bench median, H100 80GB HBM3), µs")
+    ax.set_xlabel("measured (published do_bench median; circles Liger-Kernel, squares conch), µs")
     ax.set_ylabel("modeled (tritonsparse.sass roofline, sm_90 SASS), µs")
     ax.set_title("SASS model vs published H100 timings (dotted: x2, x0.5)")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=6, loc="upper left")
     fig.tight_layout()
     os.makedirs(os.path.dirname(out_png), exist_ok=True)
     fig.savefig(out_png, dpi=120)
@@ -733,7 +875,7 @@ def build_records(published: list[dict], max_configs: int = 8, progress: bool = 
             continue
         for pid, cap in captured:
             for li, launch in enumerate(cap.launches):
-                for rec in model_launch(launch, cap.trips.get(li), max_configs=max_configs):
+                for rec in model_launch(launch, cap.trips.get(li), max_configs=max_configs, hbm_bytes=cap.hbm.get(li)):
                     out.append({"point": pid, "launch": li, **rec})
             for oi, op in enumerate(cap.torch_ops):
                 # operators that only write (a zero fill) read nothing of their input tensor
@@ -751,15 +893,17 @@ def build_records(published: list[dict], max_configs: int = 8, progress: bool = 
 
 
 LATENCY_SWEEP = (300.0, 600.0, 1000.0, 1500.0)
-CONCLUSIONS_CSV = os.path.join(ROOT, "benchmarks", "results", "calibration_h100_conclusions.csv")
+CONCLUSION_ROLES = ("fwd", "dx", "dw", "topk")  # the issue-8 problems re-modeled (conv is not an issue-8 target)
 
 
-def conclusions(params: dict, band: float, out_csv: str = CONCLUSIONS_CSV, max_configs: int | None = None) -> list[dict]:
+def conclusions(params: dict, band: float, out_csv: str, max_configs: int | None = None,
+                alt_params: dict | None = None) -> list[dict]:
     """Re-model the project's own issue-8 problems (the report's cases) with the reference
     and the fitted constants: the sparse op, the dense op, their ratio, and the ratio's
     range when the sparse op's modeled time may be off by ``band`` (a |log| error; the
     dense cuBLAS figure is not calibrated by these data); for the fp32 forward also the
-    ratio at each memory latency of ``LATENCY_SWEEP``. Compiles the project's kernels
+    ratio at each memory latency of ``LATENCY_SWEEP``; with ``alt_params`` (another fit,
+    e.g. weighted per point) its columns ``*_alt``. Compiles the project's kernels
     (Triton's cache makes reruns fast)."""
     from tritonsparse.sass import model as M
     from tritonsparse.sass import report as R
@@ -767,12 +911,13 @@ def conclusions(params: dict, band: float, out_csv: str = CONCLUSIONS_CSV, max_c
     fitted = gpu_with(params)
     rows = []
     for p in R.issue8_cases():
-        if p.role not in ("fwd", "dx", "dw"):
+        if p.role not in CONCLUSION_ROLES:
             continue
         res = R.analyze(p, gpu=M.H100_SXM, max_configs=max_configs)
         row = {"problem": p.label}
-        for name, gpu in (("ref", M.H100_SXM), ("fit", fitted)):
-            res_g = R.analyze(p, gpu=gpu, max_configs=max_configs) if name == "fit" else res
+        gpus = [("ref", M.H100_SXM), ("fit", fitted)] + ([("alt", gpu_with(alt_params))] if alt_params else [])
+        for name, gpu in gpus:
+            res_g = R.analyze(p, gpu=gpu, max_configs=max_configs) if name != "ref" else res
             s = R.op_summary(p, res_g, gpu)
             row[f"sparse_{name}_us"] = s["modeled"] * 1e6
             row[f"dense_{name}_us"] = s["dense"] * 1e6
@@ -797,19 +942,35 @@ def conclusions(params: dict, band: float, out_csv: str = CONCLUSIONS_CSV, max_c
     return rows
 
 
+def output_paths(out_dir: str | None, repo_results: bool) -> dict:
+    """Where a run writes: ``out_dir`` (default ``./calibration_results``), or the
+    checkout's ``benchmarks/results`` and ``plots`` with ``repo_results`` (an explicit
+    ``out_dir`` still wins)."""
+    if out_dir is None and repo_results:
+        res, plots = RESULTS_DIR, PLOTS_DIR
+    else:
+        res = plots = os.path.abspath(out_dir or DEFAULT_OUT_DIR)
+    return {"launches": os.path.join(res, LAUNCHES_NAME), "points": os.path.join(res, POINTS_NAME),
+            "summary": os.path.join(res, SUMMARY_NAME), "conclusions": os.path.join(res, CONCLUSIONS_NAME),
+            "plot": os.path.join(plots, PLOT_NAME)}
+
+
 def main(argv=None):
+    """The command line (see the module doc and ``--help``)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--extract", metavar="CSV", help="regenerate the published CSV from Liger's benchmark CSV")
+    ap.add_argument("--extract", metavar="CSV", help="regenerate the Liger published CSV from Liger's benchmark CSV")
     ap.add_argument("--commit", help="the Liger-Kernel commit the --extract CSV was read from")
-    ap.add_argument("--refit-only", action="store_true", help="fit and plot from the committed launch CSV")
-    ap.add_argument("--install", action="store_true", help="pip install liger-kernel --no-deps into --target")
+    ap.add_argument("--refit-only", action="store_true", help="fit and plot from a launch CSV (default: the committed one)")
+    ap.add_argument("--install", action="store_true", help="pip install the published packages --no-deps into --target")
     ap.add_argument("--target", help="directory for --install (added to sys.path)")
-    ap.add_argument("--families", nargs="*", help="only these families (default: all)")
+    ap.add_argument("--families", nargs="*",
+                    help="capture only these families; the other families' records are kept from --launches-in")
     ap.add_argument("--max-configs", type=int, default=8, help="configs per launch to compile (default 8)")
-    ap.add_argument("--launches-csv", default=LAUNCHES_CSV)
-    ap.add_argument("--points-csv", default=POINTS_CSV)
-    ap.add_argument("--summary-csv", default=SUMMARY_CSV)
-    ap.add_argument("--plot", default=PLOT_PNG)
+    ap.add_argument("--out-dir", default=None, help=f"folder of the outputs (default: ./{DEFAULT_OUT_DIR})")
+    ap.add_argument("--repo-results", action="store_true",
+                    help="write into the checkout's benchmarks/results/ and plots/ (results meant to be committed)")
+    ap.add_argument("--launches-in", default=LAUNCHES_CSV,
+                    help="launch records read by --refit-only and --families (default: the committed CSV)")
     ap.add_argument("--conclusions", action="store_true",
                     help="also re-model the project's issue-8 problems with the fitted constants")
     args = ap.parse_args(argv)
@@ -818,32 +979,52 @@ def main(argv=None):
             ap.error("--extract needs --commit")
         print(f"{extract_published(args.extract, args.commit)} rows -> {PUBLISHED_CSV}")
         return 0
+    out = output_paths(args.out_dir, args.repo_results)
     published = read_published()
-    if not args.refit_only:
+    if args.families:
+        unknown = sorted(set(args.families) - set(FAMILY_OF.values()))
+        if unknown:
+            ap.error(f"--families: unknown {unknown}; expected some of {sorted(set(FAMILY_OF.values()))}")
+    if args.refit_only:
+        recs_by_point = read_launches(args.launches_in)
+        if os.path.abspath(args.launches_in) != os.path.abspath(out["launches"]):
+            _write(out["launches"], [r for rs in recs_by_point.values() for r in rs], LAUNCH_COLUMNS)
+    else:
         if os.environ.get("TRITON_INTERPRET") == "1":
             ap.error("unset TRITON_INTERPRET: the kernels are compiled, not interpreted")
-        ensure_liger(args.install, args.target)
+        fams = set(args.families or FAMILY_OF.values())
+        if fams - set(CONCH_FAMILIES):
+            ensure_liger(args.install, args.target)
+        if fams & set(CONCH_FAMILIES):
+            ensure_conch(args.install, args.target)
         recs = build_records(published, args.max_configs, families=args.families)
-        _write(args.launches_csv, recs, LAUNCH_COLUMNS)
-    recs_by_point = read_launches(args.launches_csv)
+        if args.families:  # keep the other families' records
+            fam_of = {p["id"]: p["family"] for p in published}
+            kept = [r for pid, rs in read_launches(args.launches_in).items() if fam_of.get(pid) not in fams for r in rs]
+            recs = kept + recs
+        _write(out["launches"], recs, LAUNCH_COLUMNS)
+        recs_by_point = read_launches(out["launches"])
     rows, summary = evaluate(published, recs_by_point)
-    _write(args.points_csv, rows, POINT_COLUMNS)
-    _write(args.summary_csv, summary, SUMMARY_COLUMNS)
+    _write(out["points"], rows, POINT_COLUMNS)
+    _write(out["summary"], summary, SUMMARY_COLUMNS)
     for s in summary:
         if s["what"].startswith("error") and s.get("n"):
-            print(f"{s['what']:40s} {s['regime']:20s} n={s['n']:3d} median |log| {s['median_abs_log']:.3f} "
+            print(f"{s['what']:40s} {s['regime']:28s} n={s['n']:3d} median |log| {s['median_abs_log']:.3f} "
                   f"p90 {s['p90_abs_log']:.3f} (median log ratio {s['median_log_ratio']:+.3f})")
         elif s["what"].startswith("fit"):
             print(s["what"], {k: f"{s[k]:.3g}" for k in PARAMS})
     try:
-        print("plot:", plot(args.points_csv, args.plot))
+        print("plot:", plot(out["points"], out["plot"]))
     except ImportError:
         print("matplotlib not installed: no plot")
     if args.conclusions:  # with the recommended calibration: HBM efficiency and launch floor fitted
         fit_all = next(s for s in summary if s["what"] == f"fit:all, {TWO}")
         band = next(s["p90_abs_log"] for s in summary
                     if s["what"] == f"error:held-out, {TWO}" and s["regime"] == "all")
-        conclusions({k: fit_all[k] for k in PARAMS}, band)
+        alt = next(s for s in summary if s["what"] == f"fit:all, {TWO}, {PER_POINT}")
+        conclusions({k: fit_all[k] for k in PARAMS}, band, out["conclusions"],
+                    alt_params={k: alt[k] for k in PARAMS})
+    print("outputs:", os.path.dirname(out["points"]))
     return 0
 
 

@@ -103,8 +103,8 @@ def test_aot_specs_cover_fp32_and_bf16():
         assert hasattr(autotuner, "fn") and constexprs["KP"] >= 16
         for cfg in autotuner.configs:  # each config is built at every KP the prune keeps it for
             exact = sig["x_ptr"] == "*fp32" and constexprs["PRECISION"] == "ieee"
-            assert mod._serves(cfg, constexprs["KP"], exact)
-            built.add((tuple(cfg.kwargs.items()), cfg.num_warps, cfg.num_stages))
+            assert mod._serves(cfg, constexprs["KP"], exact, constexprs["GROUPED"])
+            built.add((tuple(cfg.kwargs.items()), cfg.num_warps, cfg.num_stages, cfg.kps, cfg.grouped))
     assert len(built) == len(mod._configs()) - 1  # every GPU config is built
 
 

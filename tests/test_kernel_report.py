@@ -241,3 +241,29 @@ def test_gradient_topk_at_srigl_k_launches_only_spill_checked_builds():
         g = got[k]
         assert g["names"] == ["_topk_select_kernel"] and g["ops"] == ["mm"] and g["sel"] == [True], (k, g)
     assert got["100"]["kp"] == [128] and got["100"]["names"] == ["_gradient_topk_kernel"]  # the fused kernel's widest
+
+
+
+@linux_only
+def test_capture_models_the_cuda_steady_state_not_the_cpu_checks():
+    """The report runs the library on CPU tensors, but a GPU range-checks an indices tensor
+    once per version, not per call: the captured steady state must not charge the CPU's
+    per-call ``aminmax``, while a plain CPU call outside the report still checks."""
+    script = (
+        "import json, torch\n"
+        "from tritonsparse import condensed_matmul\n"
+        "from tritonsparse.sass.problems import Problem, capture\n"
+        "_, ops = capture(Problem('fwd', 64, 32, 8, 16))\n"
+        "values, indices = torch.randn(32, 8), torch.randint(0, 64, (32, 8), dtype=torch.int32)\n"
+        "condensed_matmul(torch.randn(4, 64), values, indices)\n"
+        "indices.data[0, 0] = 64\n"  # behind the version counter
+        "try:\n"
+        "    condensed_matmul(torch.randn(4, 64), values, indices)\n"
+        "    err = ''\n"
+        "except ValueError as e:\n"
+        "    err = str(e)\n"
+        "print(json.dumps({'ops': [o.name for o in ops], 'err': err}))\n"
+    )
+    got = json.loads(_run(["-c", script], timeout=300).strip().splitlines()[-1])
+    assert "aminmax" not in got["ops"] and "clone" in got["ops"], got  # the batch-major copy of x stays
+    assert "out of range" in got["err"]  # the CPU's per-call check still runs outside the report

@@ -23,9 +23,15 @@ Either way a Pattern re-checks the indices before its structures are used:
   (``set_pattern``, ``load_state_dict``). A write that bypasses both is left to the
   kernels' mask on indices >= in_features.
 
+The SASS report models a CUDA run from CPU tensors: inside :func:`cuda_check_policy`
+CPU tensors follow the CUDA rule, so the report sees the operators a GPU would run.
+
 Data flows one way: this module knows nothing of ops, formats or layers.
 """
 from __future__ import annotations
+
+import contextlib
+import contextvars
 
 import torch
 
@@ -50,6 +56,25 @@ def transpose_structure(indices: torch.Tensor, in_features: int):
     small = torch.int32 if nnz < 2**31 - 1 else torch.int64
     rows = torch.div(perm, max(k, 1), rounding_mode="floor").to(small)
     return crow.to(small), rows, perm
+
+
+_CUDA_POLICY = contextvars.ContextVar("tritonsparse_cuda_check_policy", default=False)
+
+
+@contextlib.contextmanager
+def cuda_check_policy():
+    """Within the context, CPU tensors are checked and cached as CUDA tensors are (once
+    per version of the tensor): the SASS report uses it to capture the operators of a
+    CUDA run's steady state from CPU tensors. Not for computing on CPU tensors."""
+    token = _CUDA_POLICY.set(True)
+    try:
+        yield
+    finally:
+        _CUDA_POLICY.reset(token)
+
+
+def _as_cuda(t: torch.Tensor) -> bool:
+    return t.device.type == "cuda" or _CUDA_POLICY.get()
 
 
 def _stamp(t: torch.Tensor):
@@ -98,7 +123,7 @@ class Pattern:
         CPU: checked on every call; CUDA: once per version of the tensor."""
         if indices.numel() == 0 or is_symbolic(indices):
             return
-        if indices.device.type != "cuda":
+        if not _as_cuda(indices):
             check_indices_in_range(name, indices, self.in_features)
             return
         stamp = _stamp(indices)
@@ -110,13 +135,13 @@ class Pattern:
         """Record that the owner has just range-checked ``indices`` (``set_pattern`` does,
         through ``CondensedWeight``): on CUDA the next check is skipped until the tensor
         changes, which saves a host sync per pattern update. CPU checks every call anyway."""
-        if indices.device.type == "cuda" and not is_symbolic(indices):
+        if _as_cuda(indices) and not is_symbolic(indices):
             self._checked = _stamp(indices)
 
     def transposed(self, indices: torch.Tensor):
         """``transpose_structure(indices, in_features)``, rebuilt (and range-checked)
         when the indices differ from those it was built from."""
-        cuda = indices.device.type == "cuda"
+        cuda = _as_cuda(indices)
         if self._transposed is not None:
             fresh = _stamp(indices) == self._built_from if cuda else same_content(indices, self._built_from)
             if fresh:

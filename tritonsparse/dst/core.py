@@ -245,7 +245,7 @@ class DynamicSparsity:
                 elif groups == 1:
                     gradient = gradient_candidates(x, g, tf32=self.tf32)
                 else:
-                    gradient = group_gradient_candidates(x, g, groups)
+                    gradient = group_gradient_candidates(x, g, groups, tf32=self.tf32)
             if gradient is None:
                 return None
             cands = gradient

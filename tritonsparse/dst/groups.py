@@ -7,9 +7,10 @@ on the *group layer*: one row per group, with
 
   * magnitude of a group column: the L2 norm of its G values (drop the smallest);
   * gradient score of a group column: the sum over the group's G rows of |dL/dW|,
-    ``sum_r |(dYᵀ X)[gG + r, c]|``, computed a chunk of groups at a time (at most
-    ``_CHUNK_ELEMS`` gradient entries held at once; the whole (out, in) dense gradient
-    is never formed);
+    ``sum_r |(dYᵀ X)[gG + r, c]|``, ranked by :func:`tritonsparse.gradient_topk` with
+    ``group_size=G``: its fused kernel sums a group's rows tile by tile inside the kernel
+    (CUDA, and Triton's interpreter), or its chunked path a chunk of groups at a time;
+    the whole (out, in) dense gradient is never formed;
   * ablation (SRigL's γ_sal rule) ablates **whole groups**: all G rows of a group stop
     computing together, since they share one index row. A row inside a live group is
     never ablated alone;
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from ..topk import gradient_topk
 from .updates import _check_finite, condensed_update, move_optimizer_state
 
 _CHUNK_ELEMS = 1 << 22
@@ -46,25 +48,28 @@ def group_gradient_scores(x: torch.Tensor, grad_output: torch.Tensor, group_size
     return torch.cat(parts) if parts else xf.new_zeros(0, x.shape[1])
 
 
-def group_gradient_candidates(x: torch.Tensor, grad_output: torch.Tensor, group_size: int):
+def group_gradient_candidates(x: torch.Tensor, grad_output: torch.Tensor, group_size: int, tf32: bool = False):
     """``candidates(k, exclude, rows=None)`` over groups for :func:`condensed_update`: per
     group the ``k`` columns with the largest group-summed |dL/dW|, best first, ties to the
     smaller column; excluded columns (``exclude`` (n_groups, Kx), -1 ignored) are skipped;
     ``rows`` restricts the answer to those groups; a group with fewer allowed columns is
-    padded with column -1 and score -inf. Raises ``NonFiniteError`` on NaN/inf inputs."""
+    padded with column -1 and score -inf. Ranked by :func:`tritonsparse.gradient_topk`
+    (``group_size``; ``tf32`` passed on). Raises ``NonFiniteError`` on NaN/inf inputs."""
     _check_finite("the captured layer inputs / output gradients", x, grad_output)
+    g = int(group_size)
 
     def candidates(k, exclude, rows=None):
-        scores = group_gradient_scores(x, grad_output, group_size, rows)
-        if rows is not None and exclude is not None:
-            exclude = exclude[rows]
-        if exclude is not None and exclude.numel():
-            keep = exclude >= 0
-            r = torch.arange(scores.shape[0], device=scores.device)[:, None].expand_as(exclude)
-            scores[r[keep], exclude[keep].long()] = -float("inf")
-        order = torch.sort(-scores, dim=1, stable=True).indices[:, :k]
-        top = scores.gather(1, order)
-        return top, torch.where(top == -float("inf"), torch.full_like(order, -1), order)
+        gy = grad_output
+        if rows is not None:
+            cols = (rows[:, None] * g + torch.arange(g, device=rows.device)).reshape(-1)
+            gy = grad_output.index_select(1, cols.to(grad_output.device))
+            if exclude is not None:
+                exclude = exclude[rows]
+        if gy.shape[1] == 0:
+            empty = torch.empty(0, k, device=x.device)
+            return empty, empty.long()
+        extra = {"tf32": True} if tf32 else {}
+        return gradient_topk(x, gy, k, exclude, group_size=g, **extra)
 
     return candidates
 

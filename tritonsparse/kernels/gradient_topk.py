@@ -24,6 +24,21 @@ columns is padded with index -1 and score -inf, like a row with too many exclusi
 padding); after the last tile the excluded columns are struck out of the buffer and the
 best k of the rest are exact. Extra memory: the (out, k) outputs.
 
+**Groups (``group_size`` = g > 1, the GROUPED variant).** A result row is a group j of g
+consecutive rows of G, scored ``sum_r |G[j·g + r, d]|`` (the regrowth score of a
+group-shared layer). A program owns BLOCK_M groups; for each column tile it runs the
+``tl.dot`` of row r of each of its groups (r = 0..g-1, one row per group at a time, so any
+g works) and adds ``|tile|`` into an fp32 group sum before the same keys and merge; a NaN
+in any row of a group makes that group's column unselectable. The GROUPED builds hold one
+more (BLOCK_M, TILE_D) fp32 tile; they exist for exact fp32 and bf16 (DST's launches), other
+grouped calls go to ``tritonsparse.topk.grouped_chunked``. g is not specialized
+(``do_not_specialize``), so one build serves every g. On CUDA a grouped launch has
+out / (g·BLOCK_M) programs, hence the ``_MIN_PROGRAMS`` rule in :func:`uses_fused_kernel`.
+**Modeled** (the package's SASS model, ``tritonsparse.sass.model.kernel_time`` on the sm_90
+build, H100 SXM), 4096 -> 14336, batch 256, exact fp32, k 8, Kx 24: g = 1 1.67 ms (896
+programs), g = 4 1.88 ms (224 programs, 4x the dots per program), g = 16 3.75 ms (56
+programs: the GPU is mostly idle, so that launch takes the chunked path on CUDA).
+
 The merge holds a (BLOCK_M, 2·KP) int64 tensor in registers, so KP is capped at 128:
 the kernel's config builds for sm_80/sm_90 with 0 spills and 0 stack at every KP up to
 128, with and without the runtime's specialization, in about 5-20 s each; the old
@@ -68,15 +83,22 @@ import triton.language as tl
 
 from .._triton import autotune, backend_for, batch_bucket, launch_device, next_power_of_2
 
-# (BLOCK_M, BLOCK_D, BLOCK_B, num_warps, num_stages, buffer widths KP it serves, exact fp32).
-# A config is kept only at the KP it was built for without spills or stack on sm_80 and
-# sm_90, by ``python -m tritonsparse._aot`` (the runtime's specialization, with the ints of
-# a representative launch): the exact-fp32 tile serves fp32 inputs ranked in exact fp32
-# ("ieee", an FMA dot that holds more registers), the other one TF32 and bf16, with and
+# (BLOCK_M, BLOCK_D, BLOCK_B, num_warps, num_stages, buffer widths KP it serves, exact fp32,
+# grouped). A config is kept only at the KP it was built for without spills or stack on
+# sm_80 and sm_90, by ``python -m tritonsparse._aot`` (the runtime's specialization, with the
+# ints of a representative launch): the exact-fp32 tile serves fp32 inputs ranked in exact
+# fp32 ("ieee", an FMA dot that holds more registers), the other one TF32 and bf16, with and
 # without exclusions. Register use is not monotonic in KP: the 16-warp tile built with an
 # 8-24 B stack in exact fp32 on sm_80 at KP 16-64, the 8-warp one with a 32 B stack in
 # TF32 on sm_90 at KP 32, so each precision keeps the tile that stays at 0 stack.
-_TILES = [(16, 128, 16, 16, 1, (16, 32, 64, 128), False), (16, 128, 16, 8, 1, (16, 32, 64, 128), True)]
+# Grouped tiles (``group_size`` > 1, the GROUPED variant: one more (BLOCK_M, TILE_D) fp32
+# tile, the group sum, is live across the batch loop) are built only for what DST over
+# groups launches: exact fp32 or bf16; other grouped calls take the chunked path.
+# In exact fp32 the 8-warp tile has an 8-24 B stack on sm_90 at KP 16 and 128 when grouped,
+# the 16-warp one a 32 B stack at KP 32, so the grouped exact tile depends on KP.
+_TILES = [(16, 128, 16, 16, 1, (16, 32, 64, 128), False, False), (16, 128, 16, 8, 1, (16, 32, 64, 128), True, False),
+          (16, 128, 16, 16, 1, (16, 32, 64, 128), False, True), (16, 128, 16, 16, 1, (16, 128), True, True),
+          (16, 128, 16, 8, 1, (32, 64), True, True)]
 MAX_KERNEL_KP = max(max(t[5]) for t in _TILES)  # wider buffers take the chunked GEMM path
 
 
@@ -88,16 +110,25 @@ def _kps(config) -> tuple:
 def _configs():
     # The interpreter keeps only the first config: a small tile that handles every case.
     configs = [triton.Config({"BLOCK_M": 16, "BLOCK_D": 16, "BLOCK_B": 16}, num_warps=4, num_stages=2)]
-    for bm, bd, bb, w, st, kps, exact in _TILES:
+    for bm, bd, bb, w, st, kps, exact, grouped in _TILES:
         c = triton.Config({"BLOCK_M": bm, "BLOCK_D": bd, "BLOCK_B": bb}, num_warps=w, num_stages=st)
-        c.kps, c.exact_fp32 = kps, exact
+        c.kps, c.exact_fp32, c.grouped = kps, exact, grouped
         configs.append(c)
     return configs
 
 
-def _serves(config, kp: int, exact_fp32: bool) -> bool:
-    """Whether ``config`` was built (spill-free) for buffer width ``kp`` in this precision."""
-    return kp in _kps(config) and getattr(config, "exact_fp32", None) == exact_fp32
+def _serves(config, kp: int, exact_fp32: bool, grouped: bool = False) -> bool:
+    """Whether ``config`` was built (spill-free) for buffer width ``kp`` in this precision,
+    for the grouped variant or the plain one."""
+    return (kp in _kps(config) and getattr(config, "exact_fp32", None) == exact_fp32
+            and getattr(config, "grouped", None) == grouped)
+
+
+def grouped_kernel_serves(kp: int, dtype: torch.dtype, precision: str) -> bool:
+    """Whether the GROUPED kernel has a spill-free build for this launch (what DST over
+    groups runs: fp32 ranked exactly, or bf16; with or without exclusions); other grouped
+    calls (TF32, fp16) take the chunked path."""
+    return kp <= MAX_KERNEL_KP and precision == "ieee" and dtype in (torch.float32, torch.bfloat16)
 
 
 def _prune(configs, named_args, **kwargs):
@@ -110,29 +141,48 @@ def _prune(configs, named_args, **kwargs):
     b = int(named_args["b_bucket"])
     out = int(named_args["out_features"])
     precision = kwargs.get("PRECISION", named_args.get("PRECISION"))
+    grouped = bool(kwargs.get("GROUPED", named_args.get("GROUPED", False)))
     exact = named_args["x_ptr"].dtype == torch.float32 and precision == "ieee"
-    fit = [c for c in configs if _serves(c, kp, exact)]
+    fit = [c for c in configs if _serves(c, kp, exact, grouped)]
     kept = [c for c in fit if c.kwargs["BLOCK_B"] <= max(b, 16) and c.kwargs["BLOCK_M"] <= max(next_power_of_2(out), 16)]
     return kept or fit[:1]
 
 
-@autotune(configs=_configs(), key=["out_features", "in_features", "b_bucket", "KP", "HAS_EXCLUDE"],
-          prune_configs_by={"early_config_prune": _prune})
 @triton.jit
+def _tile_dot(go_r, x_cols, row_mask, d_mask, B, stride_go_b, stride_x_b,
+              PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, TILE_D: tl.constexpr, BLOCK_B: tl.constexpr):
+    """(BLOCK_M, TILE_D) fp32 tile of grad_outputᵀ x: rows at ``go_r``, columns at ``x_cols``."""
+    acc = tl.zeros((BLOCK_M, TILE_D), dtype=tl.float32)
+    for b0 in range(0, B, BLOCK_B):
+        bs = b0 + tl.arange(0, BLOCK_B)
+        b_mask = bs < B
+        bs64 = bs.to(tl.int64)
+        g = tl.load(go_r + bs64[None, :] * stride_go_b, mask=row_mask[:, None] & b_mask[None, :], other=0.0)
+        xv = tl.load(x_cols + bs64[:, None] * stride_x_b, mask=b_mask[:, None] & d_mask[None, :], other=0.0)
+        acc = tl.dot(g, xv, acc, input_precision=PRECISION)
+    return acc
+
+
+@autotune(configs=_configs(), key=["out_features", "in_features", "b_bucket", "KP", "HAS_EXCLUDE", "GROUPED"],
+          prune_configs_by={"early_config_prune": _prune})
+@triton.jit(do_not_specialize=["G"])
 def _gradient_topk_kernel(
     x_ptr, go_ptr, ex_ptr, scores_ptr, idx_ptr,
-    B, out_features, in_features, k, Kx, b_bucket,
+    B, out_features, in_features, k, Kx, G, b_bucket,
     stride_x_b, stride_x_d, stride_go_b, stride_go_n,
     stride_ex_n, stride_ex_k, stride_s_n, stride_i_n,
-    KP: tl.constexpr, HAS_EXCLUDE: tl.constexpr, PRECISION: tl.constexpr,
+    KP: tl.constexpr, HAS_EXCLUDE: tl.constexpr, PRECISION: tl.constexpr, GROUPED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
     TILE_D: tl.constexpr = BLOCK_D * ((KP + BLOCK_D - 1) // BLOCK_D)
     pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)  # result rows (GROUPED: groups of G rows)
     row_mask = rows < out_features
     rows64 = rows.to(tl.int64)
-    go_rows = go_ptr + rows64[:, None] * stride_go_n
+    if GROUPED:
+        go_rows = go_ptr + (rows64 * G)[:, None] * stride_go_n  # the first row of each group
+    else:
+        go_rows = go_ptr + rows64[:, None] * stride_go_n
 
     buf = tl.full((BLOCK_M, KP), -1, tl.int64)  # best keys so far, descending
     thr = tl.full((BLOCK_M,), -1, tl.int64)  # the smallest key held per row
@@ -140,17 +190,19 @@ def _gradient_topk_kernel(
         ds = d0 + tl.arange(0, TILE_D)
         d_mask = ds < in_features
         x_cols = x_ptr + ds.to(tl.int64)[None, :] * stride_x_d
-        acc = tl.zeros((BLOCK_M, TILE_D), dtype=tl.float32)
-        for b0 in range(0, B, BLOCK_B):
-            bs = b0 + tl.arange(0, BLOCK_B)
-            b_mask = bs < B
-            bs64 = bs.to(tl.int64)
-            g = tl.load(go_rows + bs64[None, :] * stride_go_b, mask=row_mask[:, None] & b_mask[None, :], other=0.0)
-            xv = tl.load(x_cols + bs64[:, None] * stride_x_b, mask=b_mask[:, None] & d_mask[None, :], other=0.0)
-            acc = tl.dot(g, xv, acc, input_precision=PRECISION)
-        bits = tl.abs(acc).to(tl.int32, bitcast=True).to(tl.int64)
+        if GROUPED:  # sum over the group's G rows of |tile|, one row of every group at a time
+            score = tl.zeros((BLOCK_M, TILE_D), dtype=tl.float32)
+            go_r = go_rows
+            for r in range(0, G):
+                score += tl.abs(_tile_dot(go_r, x_cols, row_mask, d_mask, B, stride_go_b, stride_x_b,
+                                          PRECISION, BLOCK_M, TILE_D, BLOCK_B))
+                go_r += stride_go_n  # the group's next row (a 64-bit pointer step)
+        else:
+            score = tl.abs(_tile_dot(go_rows, x_cols, row_mask, d_mask, B, stride_go_b, stride_x_b,
+                                     PRECISION, BLOCK_M, TILE_D, BLOCK_B))
+        bits = score.to(tl.int32, bitcast=True).to(tl.int64)
         key = (bits << 32) | (2147483647 - ds).to(tl.int64)[None, :]
-        key = tl.where(d_mask[None, :] & (acc == acc), key, -1)  # NaN scores are never selected
+        key = tl.where(d_mask[None, :] & (score == score), key, -1)  # NaN scores are never selected
         gain = tl.max((tl.max(key, axis=1) > thr).to(tl.int32), axis=0)
         if gain > 0:
             if TILE_D > KP:
@@ -187,38 +239,55 @@ def buffer_width(k: int, kx: int) -> int:
     return max(next_power_of_2(k + kx), 16)
 
 
-def uses_fused_kernel(k: int, kx: int, out_features: int = 0, in_features: int = 0, cuda: bool = False) -> bool:
+def uses_fused_kernel(k: int, kx: int, out_features: int = 0, in_features: int = 0, cuda: bool = False,
+                      group_size: int = 1) -> bool:
     """Whether ``k`` results with ``kx`` exclusions per row run the fused kernel rather than
-    :func:`gradient_topk_chunked`. The kernel needs a buffer of at most ``MAX_KERNEL_KP``.
+    :func:`gradient_topk_chunked` (``tritonsparse.topk.grouped_chunked`` for
+    ``group_size`` > 1). The kernel needs a buffer of at most ``MAX_KERNEL_KP``.
     On CUDA it is also chosen by size: while the whole (out, in) product fits in one chunk
     the chunked path is used, as it is modeled faster (ViT-B 768 -> 3072, fp32, batch 256,
     exact, k = 8: 32 µs (``chunked_cost_model``) against 122-148 µs for the fused kernel,
     whose per-tile top-k merge is issue-bound); past one chunk the fused kernel saves the
-    product's memory."""
+    product's memory. With groups the kernel launches one program per ``BLOCK_M`` groups,
+    so on CUDA it also needs at least ``_MIN_PROGRAMS`` programs (one per H100 SM, a rule,
+    not a measurement); fewer would leave most of the GPU idle while the chunked path's
+    GEMM fills it."""
     if buffer_width(k, kx) > MAX_KERNEL_KP:
         return False
-    return not cuda or _BYTES_PER_ELEMENT * out_features * in_features > _CHUNK_BYTES
+    if not cuda:
+        return True
+    if _BYTES_PER_ELEMENT * out_features * in_features <= _CHUNK_BYTES:
+        return False
+    block_m = min(t[0] for t in _TILES)
+    return group_size == 1 or out_features // group_size >= _MIN_PROGRAMS * block_m
 
 
-def gradient_topk(x, grad_output, k, exclude, scores, indices, precision="ieee"):
+_MIN_PROGRAMS = 132  # SMs of an H100 SXM
+
+
+def gradient_topk(x, grad_output, k, exclude, scores, indices, group_size=1, precision="ieee"):
     """Launch the fused kernel (``buffer_width(k, Kx) <= MAX_KERNEL_KP``). x: (B, in),
-    grad_output: (B, out) (any strides), exclude: (out, Kx) integer tensor or None;
-    scores (out, k) fp32 and indices (out, k) int64 are written in full (the kernel writes
-    the scores' float bits through an int32 view). ``precision``: "ieee" or "tf32"."""
+    grad_output: (B, out) (any strides), exclude: (out / G, Kx) integer tensor or None;
+    scores (out / G, k) fp32 and indices (out / G, k) int64 are written in full (the kernel
+    writes the scores' float bits through an int32 view). ``precision``: "ieee" or "tf32".
+    ``group_size`` G: each result row ranks ``sum_r |(grad_outputᵀ x)[gG + r, :]|`` over the
+    G rows of its group (G = 1: one row); a program sums its groups' rows one at a time,
+    ``tl.dot`` tile by tile, before the merge, so G may be any divisor of out."""
     B, in_features = x.shape
-    out_features = grad_output.shape[1]
+    n_groups = grad_output.shape[1] // group_size
     kx = exclude.shape[1] if exclude is not None else 0
     if buffer_width(k, kx) > MAX_KERNEL_KP:
         raise ValueError(f"k + Kx = {k + kx} needs a buffer past {MAX_KERNEL_KP}: use gradient_topk_chunked")
     ex = exclude if exclude is not None else indices  # a placeholder pointer when unused
-    grid = lambda meta: (triton.cdiv(out_features, meta["BLOCK_M"]),)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(n_groups, meta["BLOCK_M"]),)  # noqa: E731
     with launch_device(x):
         _gradient_topk_kernel[grid](
             x, grad_output, ex, scores.view(torch.int32), indices,
-            B, out_features, in_features, k, kx, batch_bucket(B),
+            B, n_groups, in_features, k, kx, group_size, batch_bucket(B),
             x.stride(0), x.stride(1), grad_output.stride(0), grad_output.stride(1),
             ex.stride(0), ex.stride(1), scores.stride(0), indices.stride(0),
             KP=buffer_width(k, kx), HAS_EXCLUDE=exclude is not None, PRECISION=precision,
+            GROUPED=group_size > 1,
         )
     return scores, indices
 
@@ -345,19 +414,26 @@ def chunked_cost_model(batch: int, in_features: int, out_features: int, tf32: bo
 def _aot_specs():
     """(configs holder, signature, constexprs) for the ahead-of-time compile check: fp32
     (exact and TF32) and bf16 inputs, with and without an exclusion list, each config at
-    every KP the prune keeps it for."""
-    ints = {n: "i32" for n in ("B", "out_features", "in_features", "k", "Kx", "b_bucket",
+    every KP the prune keeps it for; the GROUPED variant for the launches
+    :func:`grouped_kernel_serves` admits (exact fp32 or bf16)."""
+    ints = {n: "i32" for n in ("B", "out_features", "in_features", "k", "Kx", "G", "b_bucket",
                                "stride_x_b", "stride_x_d", "stride_go_b", "stride_go_n",
                                "stride_ex_n", "stride_ex_k", "stride_s_n", "stride_i_n")}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     specs = []
     for kp in sorted({kp for t in _TILES for kp in t[5]}):
         for dt, prec in (("fp32", "ieee"), ("fp32", "tf32"), ("bf16", "ieee")):
             exact = dt == "fp32" and prec == "ieee"
-            holder = SimpleNamespace(fn=_gradient_topk_kernel.fn, configs=[c for c in _configs() if _serves(c, kp, exact)])
-            for has_ex in (False, True):
-                sig = {"x_ptr": f"*{dt}", "go_ptr": f"*{dt}", "ex_ptr": "*i32", "scores_ptr": "*i32",
-                       "idx_ptr": "*i64", **ints}
-                specs.append((holder, sig, {"KP": kp, "HAS_EXCLUDE": has_ex, "PRECISION": prec}))
+            for grouped in (False, True):
+                holder = SimpleNamespace(fn=_gradient_topk_kernel.fn,
+                                         configs=[c for c in _configs() if _serves(c, kp, exact, grouped)])
+                if grouped and not grouped_kernel_serves(kp, dtypes[dt], prec):
+                    continue
+                for has_ex in (False, True):
+                    sig = {"x_ptr": f"*{dt}", "go_ptr": f"*{dt}", "ex_ptr": "*i32", "scores_ptr": "*i32",
+                           "idx_ptr": "*i64", **ints}
+                    specs.append((holder, sig, {"KP": kp, "HAS_EXCLUDE": has_ex, "PRECISION": prec,
+                                                "GROUPED": grouped}))
     return specs
 
 

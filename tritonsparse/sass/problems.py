@@ -173,11 +173,18 @@ def capture(p: Problem):
     library runs for ``p``, in order (for the backward roles, those of the backward only),
     in the steady state: a first call, not recorded, fills the caches of the index pattern
     (e.g. the transposed structure dX uses), as in training between mask updates."""
-    from .compile import intercept_launches
+    from .._structure import cuda_check_policy
 
     if not isinstance(p, Problem):
         raise TypeError(f"p must be a Problem, got {type(p).__name__}")
     prepare, forward, backward = _calls(p)
+    with cuda_check_policy():  # the index checks and caches of a CUDA run, not the CPU's per-call check
+        return _capture_steady(prepare, forward, backward)
+
+
+def _capture_steady(prepare, forward, backward):
+    from .compile import intercept_launches
+
     for warm in (True, False):  # the first call fills the per-pattern caches; steady state is the second
         leaves = prepare()
         ops: list = []
