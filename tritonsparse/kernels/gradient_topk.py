@@ -68,10 +68,12 @@ KP 1024, 4 warps), bound by the integer pipe (83% of its instructions), ~80% of 
 the int64 bitonic sort (the bisection: ~4 passes of 2 instructions a key); with the exact
 fp32 GEMM (26 µs) the op is 46 / 54 µs (it was 110 µs with the ~22 PyTorch selection
 operators), with TF32 (6.4 µs) 27 / 35 µs, i.e. 4.1x / 5.4x the TF32 GEMM alone (issue 8
-asks <= 2x). The sort is what bounds it: a per-row LSD radix sort of the 32-bit scores
-(stable, so ties keep column order) in shared memory would cost ~20 instructions per
-survivor instead of ~11 per survivor per bitonic stage (36-55 stages), but needs a
-shared-memory scatter Triton does not expose.
+asks <= 2x). 2x leaves the selection 4.4 µs above its launch floor at 768 -> 3072: ~900
+warp instructions a row (750 on the integer pipe); the sort takes ~2,700 (~11 per survivor
+per bitonic stage, 36 stages) and the bisection and compaction ~850. Reaching it needs
+TF32, a stable per-row radix sort of the 32-bit scores (ties keep column order; ~20
+instructions a survivor, but a shared-memory scatter Triton does not offer) and fewer,
+cheaper passes, or the selection fused into the GEMM's epilogue.
 """
 from __future__ import annotations
 
