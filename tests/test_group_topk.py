@@ -84,6 +84,24 @@ def test_chunked_path_matches_fp64_reference(monkeypatch, b, out_f, in_f, G, k, 
     assert torch.equal(cols, ref_c)
 
 
+@pytest.mark.parametrize("b,out_f,in_f,G,k,kx", CASES)
+def test_chunked_path_with_the_selection_kernel(monkeypatch, b, out_f, in_f, G, k, kx):
+    """The chunked fallback on the Triton backend (here the interpreter) selects with the
+    per-row path's Triton selection kernel: the same columns and scores as the reference."""
+    from tritonsparse.kernels import topk_select as sel
+
+    calls = []
+    real = sel.topk_select
+    monkeypatch.setattr(sel, "topk_select", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr(topk_mod, "_CHUNK_BYTES", 1)  # one group per chunk
+    x, g = _int_data(b, out_f, in_f)
+    ex = _exclude(out_f // G, in_f, kx, torch.int64)
+    scores, cols = topk_mod.grouped_chunked(x, g, k, ex, G)
+    ref_s, ref_c = _reference(x, g, k, ex, G)
+    assert len(calls) == out_f // G  # one launch per chunk of one group
+    torch.testing.assert_close(scores, ref_s, rtol=0, atol=0)
+    assert torch.equal(cols, ref_c)
+
 def test_random_data_scores_within_tolerance(kernel_calls):
     """Non-integer data: fp32 scores within an atol scaled with batch and G of fp64."""
     x, g = torch.randn(33, 50), torch.randn(33, 12)

@@ -123,11 +123,14 @@ def grouped_chunked(x, grad_output, k, exclude=None, group_size=1, tf32=False):
     """Per group of ``group_size`` (G) consecutive rows of ``grad_outputᵀ x``, the top-k
     columns of ``sum_r |(grad_outputᵀ x)[gG + r, :]|``, a chunk of groups at a time: the
     chunk's rows in one GEMM (fp32, TF32 only if ``tf32`` and on CUDA), |.| summed over each
-    group's rows, then the fused kernel's selection rule: NaN and excluded columns
+    group's rows, then the fused kernel's selection rule (the Triton selection kernel of
+    :func:`~tritonsparse.kernels.gradient_topk.gradient_topk_chunked` where it serves): NaN and excluded columns
     (``exclude`` (out / G, Kx), negative entries ignored) are never selected, best first,
     ties by ascending column, a group with fewer than k selectable columns padded with
     -1 / -inf. Returns ``(scores fp32, indices int64)``, each (out / G, k). Extra memory:
     one chunk (at most ``_CHUNK_BYTES``, 256 MB: 4G + 20 bytes per group and column)."""
+    from .kernels import topk_select as sel
+
     g = int(group_size)
     in_features = x.shape[1]
     n_groups = grad_output.shape[1] // g
@@ -135,10 +138,15 @@ def grouped_chunked(x, grad_output, k, exclude=None, group_size=1, tf32=False):
     scores = torch.empty(n_groups, k, dtype=torch.float32, device=x.device)
     indices = torch.empty(n_groups, k, dtype=torch.int64, device=x.device)
     step = max(1, min(n_groups, _CHUNK_BYTES // max((4 * g + 20) * in_features, 1)))
+    use_kernel = backend_for(x.device) == "triton" and sel.serves(in_features, k)
     with _cuda_matmul_tf32(x.device, tf32):
         for g0 in range(0, n_groups, step):
             g1 = min(n_groups, g0 + step)
             s = (gf[:, g0 * g:g1 * g].t() @ xf).abs_().view(g1 - g0, g, in_features).sum(1)
+            if use_kernel:  # the selection kernel of the per-row path: the same rules
+                ex = exclude[g0:g1] if exclude is not None else None
+                sel.topk_select(s, k, ex, out=(scores[g0:g1], indices[g0:g1]))
+                continue
             s.masked_fill_(s.isnan(), -float("inf"))  # never selected (+inf stays a score)
             if exclude is not None:
                 ex = exclude[g0:g1].long()
