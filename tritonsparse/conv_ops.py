@@ -12,6 +12,10 @@ is tap (c, i, j), the order of ``conv.weight.reshape(out, -1)``).
 * ``"torch"`` (CPU), and while ``torch.compile`` traces: **unfold fallback**, ``F.unfold``
   into (B·L, C_in·kh·kw) patches and ``condensed_matmul`` (whose registered op is what
   compiled graphs keep).
+* A group-shared pattern (``indices`` (n/G, K) with G > 1, every backend): the unfolded
+  patches go through ``condensed_matmul``'s group path
+  (:func:`tritonsparse.group_ops.group_condensed_matmul`: the gather-MMA kernels on the
+  Triton backend), dX through ``F.fold`` (the autograd of ``F.unfold``).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from ._structure import Pattern, pattern_for
 from ._triton import backend_for
 from ._validate import FLOAT_DTYPES, INDEX_DTYPES, check_same_device, check_tensor
 from .ops import _backward as _matmul_backward
-from .ops import _condensed_matmul, _grad_bias
+from .ops import _condensed_matmul, _grad_bias, _grouped
 
 
 def output_size(hw, kernel_size, stride, padding, dilation):
@@ -35,6 +39,14 @@ def unfold_rows(x, kernel_size, stride, padding, dilation):
     """im2col of x (B, C, H, W) as 2-D rows: (B·OH·OW, C·kh·kw), one row per output pixel."""
     patches = F.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)  # (B, CKK, L)
     return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+
+
+def unfold_batch_major(x, kernel_size, stride, padding, dilation):
+    """The rows of :func:`unfold_rows` as a (B·OH·OW, C·kh·kw) view of batch-major storage
+    (C·kh·kw, B·OH·OW): one copy, and the transposed operand the group kernels gather from
+    is this storage itself (their launcher makes no second copy)."""
+    patches = F.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)  # (B, CKK, L)
+    return patches.transpose(0, 1).reshape(patches.shape[1], -1).t()
 
 
 def rows_to_nchw(y2, batch, out_hw):
@@ -107,6 +119,10 @@ def condensed_conv2d(x, values, indices, bias, kernel_size, stride=(1, 1), paddi
     tensor); the indices are range-checked as in ``condensed_matmul``. Differentiable
     in x, values and bias. Implicit im2col on the Triton backend, unfold +
     ``condensed_matmul`` otherwise (also for an empty batch, n or K: no kernel launch).
+
+    Group-shared patterns: ``indices`` (n/G, K) with ``values`` (n, K) make G consecutive
+    output channels share their taps (``indices[o // G, k]``); they run unfold + the group
+    op on every backend.
     """
     geometry = (tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
     check_tensor("x", x, FLOAT_DTYPES, ndim=4)
@@ -115,8 +131,10 @@ def condensed_conv2d(x, values, indices, bias, kernel_size, stride=(1, 1), paddi
         raise ValueError(f"x has spatial size {tuple(x.shape[2:])}, too small for kernel_size={geometry[0]}, "
                          f"padding={geometry[2]}, dilation={geometry[3]}")
     empty = x.shape[0] == 0 or (isinstance(values, torch.Tensor) and 0 in values.shape)
-    if empty or not uses_implicit(x):  # an empty product launches no kernel: the unfold path handles it
-        y2 = _condensed_matmul(unfold_rows(x, *geometry), values, indices, bias, pattern=pattern)
+    # an empty product launches no kernel, and group patterns run the group op: the unfold path handles both
+    if empty or _grouped(values, indices) or not uses_implicit(x):
+        unfold = unfold_batch_major if _grouped(values, indices) else unfold_rows
+        y2 = _condensed_matmul(unfold(x, *geometry), values, indices, bias, pattern=pattern)
         return rows_to_nchw(y2, x.shape[0], out_hw)
     if torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
