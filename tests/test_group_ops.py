@@ -323,3 +323,53 @@ def test_launchers_run_under_the_tensors_device(monkeypatch):
     values = values.detach().requires_grad_()
     group_condensed_matmul(x, values, idx, bias).sum().backward()
     assert len(launched_inside) >= 3 and all(launched_inside), launched_inside
+
+
+def _host_ops(monkeypatch, x, values, idx, steps=2):
+    """The data-moving PyTorch operators of the group forward on its last call, recorded as
+    the SASS report records them (kernels intercepted, index patterns on the CUDA rule)."""
+    from tritonsparse.sass.compile import intercept_launches
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # nothing runs: the launches are intercepted
+    for _ in range(steps):  # the first call checks the pattern; the steady state is the last
+        ops = []
+        with intercept_launches(ops) as launches:
+            group_condensed_matmul(x, values, idx)
+    return [o.name for o in ops], [lnch.name for lnch in launches]
+
+
+def test_cuda_rule_checks_once_and_batch_major_x_needs_no_transpose(monkeypatch):
+    """On CUDA the range check runs once per version of the indices (no host sync in the
+    steady state), and a batch-major x (a transposed view of xT) is gathered from in place:
+    the steady-state forward is the kernel alone. A row-major x costs one transpose."""
+    import tritonsparse._structure as structure
+
+    checks = []
+    real_check = structure.check_indices_in_range
+    monkeypatch.setattr(structure, "check_indices_in_range", lambda *a: checks.append(a) or real_check(*a))
+    x, values, idx, _ = _problem(8, 40, 32, 16, 9, torch.bfloat16)
+    names, launched = _host_ops(monkeypatch, x, values, idx)
+    assert launched == ["_group_fwd_kernel"] and names == ["clone"], names  # the xT transpose alone
+    assert len(checks) == 1  # the first of the two calls
+    names, launched = _host_ops(monkeypatch, x.t().contiguous().t(), values, idx)
+    assert launched == ["_group_fwd_kernel"] and names == [], names
+    assert len(checks) == 1
+    with torch.no_grad():
+        idx[0, 0] = idx[0, 1]  # a write bumps the version: the next call checks again
+    names, _ = _host_ops(monkeypatch, x, values, idx, steps=1)
+    assert len(checks) == 2 and "aminmax" in names
+    with torch.no_grad():
+        idx[0, 0] = 40  # out of range: caught at the next call
+    with pytest.raises(ValueError, match="indices"):
+        _host_ops(monkeypatch, x, values, idx, steps=1)
+
+
+def test_cpu_rule_checks_every_call(monkeypatch):
+    """CPU tensors (the torch path, the interpreter) keep the check on every call, so a write
+    that bypasses the version counter is still caught."""
+    monkeypatch.setenv("TRITONSPARSE_BACKEND", "torch")
+    x, values, idx, _ = _problem(4, 20, 8, 4, 5, torch.float32)
+    group_condensed_matmul(x, values, idx)
+    idx.data[0, 0] = 99  # .data: no version bump
+    with pytest.raises(ValueError, match="indices"):
+        group_condensed_matmul(x, values, idx)

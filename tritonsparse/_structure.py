@@ -52,6 +52,13 @@ def transpose_structure(indices: torch.Tensor, in_features: int):
     return crow.to(small), rows, perm
 
 
+def follows_cuda_rule(t: torch.Tensor) -> bool:
+    """Whether a Pattern re-checks ``t`` only when its stamp moves (the CUDA rule) rather
+    than on every call (the CPU rule): true for CUDA tensors. The SASS report replays the
+    library on CPU tensors to model what it runs on a GPU, and answers true there."""
+    return t.device.type == "cuda"
+
+
 def _stamp(t: torch.Tensor):
     """What identifies an unchanged CUDA tensor without reading it. Inference tensors
     carry no version counter; they can only be written inside inference mode."""
@@ -98,7 +105,7 @@ class Pattern:
         CPU: checked on every call; CUDA: once per version of the tensor."""
         if indices.numel() == 0 or is_symbolic(indices):
             return
-        if indices.device.type != "cuda":
+        if not follows_cuda_rule(indices):
             check_indices_in_range(name, indices, self.in_features)
             return
         stamp = _stamp(indices)
@@ -110,13 +117,13 @@ class Pattern:
         """Record that the owner has just range-checked ``indices`` (``set_pattern`` does,
         through ``CondensedWeight``): on CUDA the next check is skipped until the tensor
         changes, which saves a host sync per pattern update. CPU checks every call anyway."""
-        if indices.device.type == "cuda" and not is_symbolic(indices):
+        if follows_cuda_rule(indices) and not is_symbolic(indices):
             self._checked = _stamp(indices)
 
     def transposed(self, indices: torch.Tensor):
         """``transpose_structure(indices, in_features)``, rebuilt (and range-checked)
         when the indices differ from those it was built from."""
-        cuda = indices.device.type == "cuda"
+        cuda = follows_cuda_rule(indices)
         if self._transposed is not None:
             fresh = _stamp(indices) == self._built_from if cuda else same_content(indices, self._built_from)
             if fresh:

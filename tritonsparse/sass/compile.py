@@ -308,7 +308,8 @@ def _op_recorder(ops: list):
 @contextlib.contextmanager
 def intercept_launches(torch_ops: list | None = None):
     """Within the context, every Triton launch is recorded (a list of :class:`Launch` is
-    yielded) instead of run; launchers' backend checks answer ``"triton"`` for CPU tensors.
+    yielded) instead of run; launchers' backend checks answer ``"triton"`` for CPU tensors,
+    and index patterns (:class:`~tritonsparse._structure.Pattern`) follow the CUDA rule.
     With a list ``torch_ops``, the PyTorch operators that move data are appended to it
     (:class:`TorchOp`)."""
     from triton.runtime.autotuner import Autotuner
@@ -343,6 +344,11 @@ def intercept_launches(torch_ops: list | None = None):
         if getattr(mod, "__name__", "").startswith("tritonsparse") and getattr(mod, "backend_for", None) is tt.backend_for:
             patches.append((mod, "backend_for", lambda device: "triton"))
     patches.append((tt, "backend_for", lambda device: "triton"))
+    # index patterns follow the GPU's rule: range check and transposed structure redone only
+    # when the indices tensor changes (on CPU tensors they are checked on every call)
+    import tritonsparse._structure as ts
+
+    patches.append((ts, "follows_cuda_rule", lambda t: True))
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
     mode = _op_recorder(torch_ops) if torch_ops is not None else contextlib.nullcontext()
     try:
