@@ -337,7 +337,9 @@ def _aot_specs():
     MMA type and is left out to keep the check's compile time down. ``values`` are the ints
     of a representative launch (Llama 4096->14336 at 90%, G=64, batch 256, K=410 stored
     in rows of 416), so the build gets the runtime's specialization (unit strides become
-    constants, strides divisible by 16 get the divisibility hint)."""
+    constants, strides divisible by 16 get the divisibility hint). The batch-major layouts
+    (``batch_major_out``: the forward writes yT; a batch-major dY into dX and dValues) are
+    other specializations (the unit stride moves to the batch); they are built for bf16."""
     ints = ("B", "G", "K", "in_features", "k_bucket", "b_bucket")
     B, n, G, K, KP, IN = 256, 14336, 64, 410, 416, 4096
     common = {"B": B, "G": G, "K": K, "in_features": IN, "k_bucket": 512, "b_bucket": B}
@@ -353,6 +355,11 @@ def _aot_specs():
     def sig(ptrs, strides):
         return {**ptrs, **{k: "i32" for k in ints + strides}}
 
+    bm = {"stride_y_n": B, "stride_y_b": 1, "stride_gy_n": B, "stride_gy_b": 1}  # batch-major y / dY
+
+    def batch_major(vals):
+        return {**vals, **{k: v for k, v in bm.items() if k in vals}}
+
     specs = []
     for dt, it, tf32, which in (("bf16", "i16", False, 0), ("fp32", "i32", True, 0), ("fp32", "i32", False, 1)):
         const = {"TF32": tf32, "WIDEN": False}
@@ -367,6 +374,18 @@ def _aot_specs():
             specs.append((_DX[which], sig({"gy_ptr": f"*{dt}", "v_ptr": f"*{dt}", "idx_ptr": f"*{it}", "out_ptr": "*fp32"},
                                           ("stride_gy_n", "stride_gy_b", "stride_v_n", "stride_i_g", "stride_o_r", "stride_o_b")),
                           {**const, "ATOMIC": atomic}, dx_vals[atomic]))
+    dt, it = "bf16", "i16"
+    const = {"TF32": False, "WIDEN": False}
+    for kernel, ptrs, strides, extra, vals in (
+            (_FWD[0], {"x_ptr": f"*{dt}", "v_ptr": f"*{dt}", "idx_ptr": f"*{it}", "bias_ptr": f"*{dt}", "y_ptr": f"*{dt}"},
+             ("stride_x_i", "stride_x_b", "stride_v_n", "stride_i_g", "stride_y_n", "stride_y_b"), {"HAS_BIAS": True},
+             fwd_vals),
+            (_DW[0], {"x_ptr": f"*{dt}", "gy_ptr": f"*{dt}", "idx_ptr": f"*{it}", "dv_ptr": f"*{dt}"},
+             ("stride_x_i", "stride_x_b", "stride_gy_n", "stride_gy_b", "stride_i_g", "stride_dv_n"), {}, dw_vals),
+            *[(_DX[0], {"gy_ptr": f"*{dt}", "v_ptr": f"*{dt}", "idx_ptr": f"*{it}", "out_ptr": "*fp32"},
+               ("stride_gy_n", "stride_gy_b", "stride_v_n", "stride_i_g", "stride_o_r", "stride_o_b"),
+               {"ATOMIC": atomic}, dx_vals[atomic]) for atomic in (False, True)]):
+        specs.append((kernel, sig(ptrs, strides), {**const, **extra}, batch_major(vals)))
     red_vals = {"B": B, "b_bucket": B, "stride_ws_r": B, "stride_dx_b": IN, "stride_dx_i": 1}
     for dt in ("fp32", "bf16"):
         specs.append((_column_reduce_kernel, {"ws_ptr": "*fp32", "crow_ptr": "*i32", "perm_ptr": "*i64", "dx_ptr": f"*{dt}",
