@@ -369,6 +369,10 @@ x2, v2, i2 = problem(8, 32, 16, 8, 7)
 y1 = group_condensed_matmul(x, values, pad_fan_in(torch.stack([torch.randperm(40)[:9] for _ in range(2)]).int()),
                             batch_major_out=True)
 out["chained"] = host_ops(torch.relu(y1), v2, i2, batch_major_out=True)
+from tritonsparse.sass.problems import Problem, capture
+for bm in (False, True):  # the SASS report's view of the same two layouts
+    launches, ops = capture(Problem("fwd", 64, 128, 16, 32, "bf16", "int16", G=64, batch_major=bm))
+    out[f"report_batch_major={bm}"] = {"ops": [o.name for o in ops], "launches": [l.name for l in launches]}
 print(json.dumps(out))
 """
 
@@ -406,6 +410,18 @@ def test_batch_major_x_needs_no_transpose(host_ops):
     assert host_ops["batch_major_x"]["launches"] == ["_group_fwd_kernel"]
     assert host_ops["batch_major_x"]["ops"] == [], host_ops["batch_major_x"]
     assert host_ops["chained"]["ops"] == [] and host_ops["chained"]["y_batch_major"], host_ops["chained"]
+    assert host_ops["report_batch_major=False"] == {"ops": ["clone"], "launches": ["_group_fwd_kernel"]}
+    assert host_ops["report_batch_major=True"] == {"ops": [], "launches": ["_group_fwd_kernel"]}
+
+
+def test_report_problem_batch_major_needs_group_forward():
+    from tritonsparse.sass.problems import Problem
+
+    with pytest.raises(ValueError, match="batch_major"):
+        Problem("dx", 64, 128, 16, 32, "bf16", "int16", G=64, batch_major=True)
+    with pytest.raises(ValueError, match="batch_major"):
+        Problem("fwd", 64, 128, 16, 32, "bf16", "int16", batch_major=True)
+    assert Problem("fwd", 64, 128, 16, 32, G=64, batch_major=True).label.endswith("G=64 batch-major")
 
 
 def test_cpu_rule_checks_every_call(monkeypatch):
