@@ -88,6 +88,25 @@ def test_functional_group_indices(monkeypatch, backend):
     assert values.grad.shape == values.shape and values.grad.abs().sum() > 0
 
 
+def test_triton_forward_is_im2col_free(monkeypatch):
+    """On the Triton backend the grouped forward gathers taps straight from x (the implicit
+    group kernel): nothing is unfolded, and an index outside C·kh·kw never reaches it."""
+    _use_backend(monkeypatch, "triton")
+    torch.manual_seed(5)
+    layer = CondensedConv2d(3, 8, (3, 2), 6, stride=(2, 1), padding=(1, 0), dilation=(1, 2), group_size=4)
+    x = torch.randn(2, 3, 6, 7)
+    ref = F.conv2d(x.double(), layer.to_dense_conv_weight().double(), layer.bias.detach().double(),
+                   (2, 1), (1, 0), (1, 2))
+
+    def no_unfold(*args, **kwargs):
+        raise AssertionError("the forward unfolded its input")
+
+    monkeypatch.setattr(F, "unfold", no_unfold)
+    with torch.no_grad():
+        y = layer(x)
+    assert_close(y, ref, torch.float32, 6, "y")
+
+
 def test_from_conv_recognises_groups():
     torch.manual_seed(2)
     conv = nn.Conv2d(3, 8, 3, padding=1)

@@ -35,12 +35,13 @@ class CondensedConv2d(CondensedLinear):
       unfolded (``F.unfold``) into (N·L, C_in·kh·kw) patches and multiplied by the
       condensed weight with ``condensed_matmul``; the patches take kh·kw times the
       input's memory.
-    * ``group_size`` G > 1 (every backend): G consecutive output channels share their K
-      taps (indices (n_active/G, K)); the unfolded patches go through the group-shared
-      op :func:`tritonsparse.group_ops.group_condensed_matmul` (tensor-core gather-MMA
-      kernels on the Triton backend, a batched matmul per chunk of groups on the torch
-      backend), and its dX through ``F.fold``. The patches are built in memory (im2col):
-      there is no implicit-im2col group kernel.
+    * ``group_size`` G > 1: G consecutive output channels share their K taps (indices
+      (n_active/G, K)). Triton backend: an implicit-im2col forward on tensor cores (the
+      group forward tile with output pixels as its batch; no unfolded input), and a
+      backward through the group dX (then ``F.fold``) and the group dValues on the input
+      unfolded batch-major. torch backend: the unfolded patches through
+      :func:`tritonsparse.group_ops.group_condensed_matmul` (a batched matmul per chunk
+      of groups).
 
     Storage, ``set_pattern`` and ablated rows are those of :class:`CondensedLinear` with
     ``in_features = in_channels·kh·kw`` (column ``c·kh·kw + i·kw + j`` is tap (c, i, j),
@@ -127,7 +128,7 @@ class CondensedConv2d(CondensedLinear):
             raise ValueError(f"x must be (N, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
         n = x.shape[0]
         out_hw = self.output_size(x.shape[2], x.shape[3])
-        if self.group_size > 1 or not uses_implicit(x):
+        if not uses_implicit(x):
             # unfold: CondensedLinear on the patches (hook and ablation included); G > 1 runs the group op
             unfold = unfold_batch_major if self.group_size > 1 else unfold_rows
             return rows_to_nchw(super().forward(unfold(x, *self._geometry())), n, out_hw)
