@@ -323,3 +323,139 @@ def test_launchers_run_under_the_tensors_device(monkeypatch):
     values = values.detach().requires_grad_()
     group_condensed_matmul(x, values, idx, bias).sum().backward()
     assert len(launched_inside) >= 3 and all(launched_inside), launched_inside
+
+
+# The steady-state PyTorch operators of the group forward, recorded as the SASS report records
+# them (kernels intercepted, index patterns on the CUDA rule). Run in a subprocess: the
+# launch interception needs Triton without its interpreter, which this suite turns on.
+_HOST_OPS_SCRIPT = r"""
+import json, torch
+import tritonsparse._structure as structure
+from tritonsparse.formats import pad_fan_in
+from tritonsparse.group_ops import group_condensed_matmul
+from tritonsparse.sass.compile import intercept_launches
+
+checks = []
+real_check = structure.check_indices_in_range
+structure.check_indices_in_range = lambda *a: checks.append(1) or real_check(*a)
+
+def problem(batch, in_features, n, g, k):
+    idx = torch.stack([torch.randperm(in_features)[:k] for _ in range(n // g)]).int()
+    return torch.randn(batch, in_features).bfloat16(), pad_fan_in(torch.randn(n, k).bfloat16()), pad_fan_in(idx)
+
+def host_ops(x, values, idx, steps=2, **kw):
+    for _ in range(steps):  # the first call checks the pattern; the steady state is the last
+        ops = []
+        with intercept_launches(ops) as launches:
+            y = group_condensed_matmul(x, values, idx, **kw)
+    return {"ops": [o.name for o in ops], "launches": [l.name for l in launches], "checks": len(checks),
+            "y_batch_major": y.t().is_contiguous()}
+
+out = {}
+x, values, idx = problem(8, 40, 32, 16, 9)
+out["row_major_x"] = host_ops(x, values, idx)
+out["batch_major_x"] = host_ops(x.t().contiguous().t(), values, idx)
+with torch.no_grad():
+    idx[0, 0] = idx[0, 1]  # a write bumps the version: the next call checks again
+out["after_write"] = host_ops(x, values, idx, steps=1)
+with torch.no_grad():
+    idx[0, 0] = 40  # out of range: caught at the next call
+try:
+    host_ops(x, values, idx, steps=1)
+    out["bad_index"] = "no error"
+except ValueError as e:
+    out["bad_index"] = str(e)
+x2, v2, i2 = problem(8, 32, 16, 8, 7)
+y1 = group_condensed_matmul(x, values, pad_fan_in(torch.stack([torch.randperm(40)[:9] for _ in range(2)]).int()),
+                            batch_major_out=True)
+out["chained"] = host_ops(torch.relu(y1), v2, i2, batch_major_out=True)
+from tritonsparse.sass.problems import Problem, capture
+for bm in (False, True):  # the SASS report's view of the same two layouts
+    launches, ops = capture(Problem("fwd", 64, 128, 16, 32, "bf16", "int16", G=64, batch_major=bm))
+    out[f"report_batch_major={bm}"] = {"ops": [o.name for o in ops], "launches": [l.name for l in launches]}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def host_ops():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _HOST_OPS_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_cuda_rule_checks_once_per_version(host_ops):
+    """On CUDA the range check runs once per version of the indices (no host sync in the
+    steady state); a write bumps the version and the next call checks again, catching a
+    bad index."""
+    assert host_ops["row_major_x"]["checks"] == 1  # the first of the two calls only
+    assert "aminmax" not in host_ops["row_major_x"]["ops"]
+    assert host_ops["after_write"]["checks"] == 2 and "aminmax" in host_ops["after_write"]["ops"]
+    assert "indices" in host_ops["bad_index"], host_ops["bad_index"]
+
+
+def test_batch_major_x_needs_no_transpose(host_ops):
+    """A row-major x costs one transpose (the xT the kernel gathers from); a batch-major x
+    (a view of xT storage) is gathered from in place: the steady-state forward is the kernel
+    alone. A batch-major output through an elementwise activation is such an x."""
+    assert host_ops["row_major_x"]["launches"] == ["_group_fwd_kernel"]
+    assert host_ops["row_major_x"]["ops"] == ["clone"], host_ops["row_major_x"]
+    assert host_ops["batch_major_x"]["launches"] == ["_group_fwd_kernel"]
+    assert host_ops["batch_major_x"]["ops"] == [], host_ops["batch_major_x"]
+    assert host_ops["chained"]["ops"] == [] and host_ops["chained"]["y_batch_major"], host_ops["chained"]
+    assert host_ops["report_batch_major=False"] == {"ops": ["clone"], "launches": ["_group_fwd_kernel"]}
+    assert host_ops["report_batch_major=True"] == {"ops": [], "launches": ["_group_fwd_kernel"]}
+
+
+def test_report_problem_batch_major_needs_group_forward():
+    from tritonsparse.sass.problems import Problem
+
+    with pytest.raises(ValueError, match="batch_major"):
+        Problem("dx", 64, 128, 16, 32, "bf16", "int16", G=64, batch_major=True)
+    with pytest.raises(ValueError, match="batch_major"):
+        Problem("fwd", 64, 128, 16, 32, "bf16", "int16", batch_major=True)
+    assert Problem("fwd", 64, 128, 16, 32, G=64, batch_major=True).label.endswith("G=64 batch-major")
+
+
+def test_cpu_rule_checks_every_call(monkeypatch):
+    """CPU tensors (the torch path, the interpreter) keep the check on every call, so a write
+    that bypasses the version counter is still caught."""
+    monkeypatch.setenv("TRITONSPARSE_BACKEND", "torch")
+    x, values, idx, _ = _problem(4, 20, 8, 4, 5, torch.float32)
+    group_condensed_matmul(x, values, idx)
+    idx.data[0, 0] = 99  # .data: no version bump
+    with pytest.raises(ValueError, match="indices"):
+        group_condensed_matmul(x, values, idx)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_batch_major_out(monkeypatch, backend, dtype):
+    """batch_major_out: y is a view of (n, B) storage with the same values and gradients,
+    for a row-major and a batch-major output gradient, and with leading dims."""
+    _use_backend(monkeypatch, backend)
+    x, values, idx, bias = _problem(6, 30, 16, 8, 11, dtype)
+    y = group_condensed_matmul(x, values, idx, bias, batch_major_out=True)
+    assert y.shape == (6, 16) and y.t().is_contiguous()
+    ref = reference_outputs(x, values, expand_group_indices(idx, 8), bias, torch.zeros(6, 16))[0]
+    assert_close(y, ref, dtype, 11, "y")
+    _check(x, values, idx, bias, 8, dtype, batch_major_out=True)  # dY batch-major (randn_like keeps the layout)
+    xl = x.view(2, 3, 30).clone().requires_grad_()
+    yl = group_condensed_matmul(xl, values, idx, bias, batch_major_out=True)
+    assert yl.shape == (2, 3, 16)
+    assert_close(yl.reshape(6, 16), ref, dtype, 11, "y (leading dims)")
+    vp = values.detach().requires_grad_()
+    yb = group_condensed_matmul(x, vp, idx, bias, batch_major_out=True)
+    g = torch.randn(6, 16).to(dtype)  # a row-major dY
+    yb.backward(g)
+    _, _, rgv, _ = reference_outputs(x, vp, expand_group_indices(idx, 8), bias, g)
+    assert_close(vp.grad, rgv, dtype, 6, "dValues (row-major dY)")
+    with pytest.raises(TypeError, match="batch_major_out"):
+        group_condensed_matmul(x, values, idx, batch_major_out=1)

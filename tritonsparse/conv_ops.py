@@ -12,6 +12,14 @@ is tap (c, i, j), the order of ``conv.weight.reshape(out, -1)``).
 * ``"torch"`` (CPU), and while ``torch.compile`` traces: **unfold fallback**, ``F.unfold``
   into (B·L, C_in·kh·kw) patches and ``condensed_matmul`` (whose registered op is what
   compiled graphs keep).
+* A group-shared pattern (``indices`` (n/G, K) with G > 1): on the Triton backend the
+  forward is implicit im2col on tensor cores
+  (:func:`tritonsparse.kernels.group_mma.group_conv_fwd`: the group forward tile with
+  the output pixels as its batch, each tap gathered from a padded copy of x); the
+  backward runs the group dX on the output gradient followed by ``F.fold``, and the
+  group dValues on the input unfolded batch-major (the backward holds unfolded-sized
+  tensors, the forward does not). On the torch backend and under ``torch.compile``, the
+  unfolded patches go through ``condensed_matmul``'s group path.
 """
 from __future__ import annotations
 
@@ -22,7 +30,8 @@ from ._structure import Pattern, pattern_for
 from ._triton import backend_for
 from ._validate import FLOAT_DTYPES, INDEX_DTYPES, check_same_device, check_tensor
 from .ops import _backward as _matmul_backward
-from .ops import _condensed_matmul, _grad_bias
+from .group_ops import group_size_of
+from .ops import _condensed_matmul, _grad_bias, _grouped
 
 
 def output_size(hw, kernel_size, stride, padding, dilation):
@@ -37,6 +46,14 @@ def unfold_rows(x, kernel_size, stride, padding, dilation):
     return patches.transpose(1, 2).reshape(-1, patches.shape[1])
 
 
+def unfold_batch_major(x, kernel_size, stride, padding, dilation):
+    """The rows of :func:`unfold_rows` as a (B·OH·OW, C·kh·kw) view of batch-major storage
+    (C·kh·kw, B·OH·OW): one copy, and the transposed operand the group kernels gather from
+    is this storage itself (their launcher makes no second copy)."""
+    patches = F.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)  # (B, CKK, L)
+    return patches.transpose(0, 1).reshape(patches.shape[1], -1).t()
+
+
 def rows_to_nchw(y2, batch, out_hw):
     """(B·OH·OW, n) rows back to a contiguous (B, n, OH, OW) map."""
     oh, ow = out_hw
@@ -48,6 +65,19 @@ def nchw_to_rows(y):
     return y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
 
 
+def _implicit_forward(ctx, launch, x, values, indices, bias, geometry, pattern):
+    """The forward of both implicit Functions: range check, output, ``launch`` of the
+    forward kernel, and what the backward keeps."""
+    pattern.check_range(indices)
+    y = torch.empty(x.shape[0], values.shape[0], *output_size(x.shape[2:], *geometry), dtype=x.dtype,
+                    device=x.device)
+    bias = bias.contiguous() if bias is not None else None  # the kernels read the bias as contiguous
+    launch(x, values, indices, bias, y, *geometry)
+    ctx.save_for_backward(x, values, indices)
+    ctx.geometry, ctx.has_bias, ctx.pattern = geometry, bias is not None, pattern
+    return y
+
+
 class _ImplicitConv2d(torch.autograd.Function):
     """Implicit-im2col forward and dValues on the Triton kernels; dX through the unfolded
     gradient and ``F.fold``."""
@@ -56,15 +86,7 @@ class _ImplicitConv2d(torch.autograd.Function):
     def forward(ctx, x, values, indices, bias, geometry, pattern):
         from .kernels.condensed_conv import condensed_conv_fwd
 
-        kernel_size, stride, padding, dilation = geometry
-        out_hw = output_size(x.shape[2:], *geometry)
-        pattern.check_range(indices)
-        y = torch.empty(x.shape[0], values.shape[0], *out_hw, dtype=x.dtype, device=x.device)
-        bias = bias.contiguous() if bias is not None else None  # the kernel reads the bias as contiguous
-        condensed_conv_fwd(x, values, indices, bias, y, kernel_size, stride, padding, dilation)
-        ctx.save_for_backward(x, values, indices)
-        ctx.geometry, ctx.has_bias, ctx.pattern = geometry, bias is not None, pattern
-        return y
+        return _implicit_forward(ctx, condensed_conv_fwd, x, values, indices, bias, geometry, pattern)
 
     @staticmethod
     def backward(ctx, grad):
@@ -91,6 +113,39 @@ class _ImplicitConv2d(torch.autograd.Function):
         return gx, gv, None, gb, None, None
 
 
+class _ImplicitGroupConv2d(torch.autograd.Function):
+    """Group-shared pattern: implicit-im2col forward on the group kernels; dX and dValues
+    through the group backward on the output gradient rows (dX then ``F.fold``; dValues
+    from the input unfolded batch-major, the transposed operand the group kernel reads)."""
+
+    @staticmethod
+    def forward(ctx, x, values, indices, bias, geometry, pattern):
+        from .kernels.group_mma import group_conv_fwd
+
+        return _implicit_forward(ctx, group_conv_fwd, x, values, indices, bias, geometry, pattern)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from .group_ops import _backward as group_backward
+
+        x, values, indices = ctx.saved_tensors
+        kernel_size, stride, padding, dilation = ctx.geometry
+        need_x, need_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        in_features = x.shape[1] * kernel_size[0] * kernel_size[1]
+        grad2 = nchw_to_rows(grad).contiguous()  # (B·L, n)
+        # dValues gathers from the unfolded input as xT (C·kh·kw, B·L); dX needs no input
+        x_t = unfold_batch_major(x, *ctx.geometry).t() if need_values else grad2.new_empty(in_features, 0)
+        gx2, gv = group_backward(grad2, x_t, True, values, indices, need_x, need_values, ctx.pattern,
+                                 "deterministic", False)
+        gx = gb = None
+        if need_x:
+            cols = gx2.view(x.shape[0], -1, in_features).transpose(1, 2)  # (B, CKK, L)
+            gx = F.fold(cols, x.shape[2:], kernel_size, dilation=dilation, padding=padding, stride=stride)
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            gb = _grad_bias(grad2, grad.dtype)
+        return gx, (gv if need_values else None), None, gb, None, None
+
+
 def uses_implicit(x: torch.Tensor) -> bool:
     """Whether :func:`condensed_conv2d` runs the implicit-im2col kernels for x."""
     return backend_for(x.device) == "triton" and not torch.compiler.is_compiling()
@@ -107,6 +162,10 @@ def condensed_conv2d(x, values, indices, bias, kernel_size, stride=(1, 1), paddi
     tensor); the indices are range-checked as in ``condensed_matmul``. Differentiable
     in x, values and bias. Implicit im2col on the Triton backend, unfold +
     ``condensed_matmul`` otherwise (also for an empty batch, n or K: no kernel launch).
+
+    Group-shared patterns: ``indices`` (n/G, K) with ``values`` (n, K) (unit stride along
+    K) make G consecutive output channels share their taps (``indices[o // G, k]``): the
+    implicit group kernel on the Triton backend, unfold + the group op otherwise.
     """
     geometry = (tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
     check_tensor("x", x, FLOAT_DTYPES, ndim=4)
@@ -116,7 +175,8 @@ def condensed_conv2d(x, values, indices, bias, kernel_size, stride=(1, 1), paddi
                          f"padding={geometry[2]}, dilation={geometry[3]}")
     empty = x.shape[0] == 0 or (isinstance(values, torch.Tensor) and 0 in values.shape)
     if empty or not uses_implicit(x):  # an empty product launches no kernel: the unfold path handles it
-        y2 = _condensed_matmul(unfold_rows(x, *geometry), values, indices, bias, pattern=pattern)
+        unfold = unfold_batch_major if _grouped(values, indices) else unfold_rows
+        y2 = _condensed_matmul(unfold(x, *geometry), values, indices, bias, pattern=pattern)
         return rows_to_nchw(y2, x.shape[0], out_hw)
     if torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
@@ -124,7 +184,13 @@ def condensed_conv2d(x, values, indices, bias, kernel_size, stride=(1, 1), paddi
         bias = bias.to(dtype) if bias is not None else None
     check_tensor("values", values, FLOAT_DTYPES, ndim=2)
     check_tensor("indices", indices, INDEX_DTYPES, ndim=2)
-    if values.shape != indices.shape:
+    grouped = _grouped(values, indices)
+    if grouped:
+        group_size_of(values, indices)  # ValueError: rows not a multiple of the index rows, or fan-ins differ
+        if values.stride(1) != 1:
+            raise ValueError(f"values must have unit stride along the fan-in (got strides {values.stride()}) "
+                             "for a group-shared pattern")
+    elif values.shape != indices.shape:
         raise ValueError(f"values has shape {tuple(values.shape)} but indices has shape {tuple(indices.shape)}; they must match")
     if bias is not None:
         check_tensor("bias", bias, FLOAT_DTYPES, ndim=1)
@@ -137,4 +203,6 @@ def condensed_conv2d(x, values, indices, bias, kernel_size, stride=(1, 1), paddi
     in_features = x.shape[1] * geometry[0][0] * geometry[0][1]
     pattern = pattern if pattern is not None else pattern_for(indices, in_features)
     with torch.autocast(x.device.type, enabled=False):
+        if grouped:
+            return _ImplicitGroupConv2d.apply(x, values, indices, bias, geometry, pattern)
         return _ImplicitConv2d.apply(x, values, indices, bias, geometry, pattern)

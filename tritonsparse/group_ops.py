@@ -104,21 +104,32 @@ def torch_dx(grad2, values, indices, in_features):
 
 
 # -- implementations on 2-D inputs ----------------------------------------------------------
-def _forward(x2, values, indices, bias, pattern, tf32):
-    """(y, xT or x2, transposed?)."""
+def _batch_major(y):
+    """y (B, n) as a view of (n, B) storage (a copy unless it already is one)."""
+    return y.t().contiguous().t()
+
+
+def _forward(x2, values, indices, bias, pattern, tf32, batch_major_out=False):
+    """(y, xT or x2, transposed?). ``x2.t()`` contiguous (a batch-major x) is gathered from
+    in place; any other layout is transposed once into xT."""
     pattern.check_range(indices)
     batch, (n, k) = x2.shape[0], values.shape
     if 0 in (batch, n, k):  # nothing to gather: no kernel is launched
         y = x2.new_zeros(batch, n)
-        return (y if bias is None else y + bias), x2, False
+        y = y if bias is None else y + bias
+        return (_batch_major(y) if batch_major_out else y), x2, False
     if backend_for(x2.device) == "torch":
-        return torch_fwd(x2, values, indices, bias), x2, False
+        y = torch_fwd(x2, values, indices, bias)
+        return (_batch_major(y) if batch_major_out else y), x2, False
     from .kernels.group_mma import group_fwd
 
     x_t = x2.t().contiguous()
-    out = torch.empty(batch, n, dtype=x2.dtype, device=x2.device)
+    if batch_major_out:  # yT (n, B) storage, returned as its (B, n) view
+        out = torch.empty(n, batch, dtype=x2.dtype, device=x2.device).t()
+    else:
+        out = torch.empty(batch, n, dtype=x2.dtype, device=x2.device)
     bias = bias.contiguous() if bias is not None else None
-    group_fwd(x_t, values, indices, bias, out, x_batch_major=True, tf32=tf32)
+    group_fwd(x_t, values, indices, bias, out, x_batch_major=True, tf32=tf32)  # out: any strides
     return out, x_t, True
 
 
@@ -154,10 +165,20 @@ def _grad_bias(grad2, dtype):
     return grad2.sum(0, dtype=torch.float32).to(dtype)
 
 
+def _kernel_layout(grad):
+    """dY as the kernels take it: row-major or batch-major kept as is (the dX and dValues
+    kernels read either), anything else (an expanded or sliced gradient) made contiguous."""
+    if grad.stride(-1) == 1 and grad.stride(0) == grad.shape[1]:
+        return grad
+    if grad.stride(0) == 1 and grad.stride(1) == grad.shape[0]:
+        return grad
+    return grad.contiguous()
+
+
 class _GroupMatmul(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x2, values, indices, bias, pattern, dx_mode, tf32):
-        y, x_saved, transposed = _forward(x2, values, indices, bias, pattern, tf32)
+    def forward(ctx, x2, values, indices, bias, pattern, dx_mode, tf32, batch_major_out):
+        y, x_saved, transposed = _forward(x2, values, indices, bias, pattern, tf32, batch_major_out)
         ctx.save_for_backward(x_saved, values, indices)
         ctx.transposed, ctx.pattern, ctx.dx_mode, ctx.tf32 = transposed, pattern, dx_mode, tf32
         ctx.has_bias = bias is not None
@@ -167,11 +188,11 @@ class _GroupMatmul(torch.autograd.Function):
     def backward(ctx, grad):
         x_saved, values, indices = ctx.saved_tensors
         need_x, need_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad = grad.contiguous()
+        grad = _kernel_layout(grad)
         gx, gv = _backward(grad, x_saved, ctx.transposed, values, indices, need_x, need_values, ctx.pattern,
                            ctx.dx_mode, ctx.tf32)
         gb = _grad_bias(grad, grad.dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None
-        return (gx if need_x else None), (gv if need_values else None), None, gb, None, None, None
+        return (gx if need_x else None), (gv if need_values else None), None, gb, None, None, None, None
 
 
 # -- torch.library registration (what torch.compile traces) ----------------------------------
@@ -219,7 +240,7 @@ _group_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 
 # -- public API -------------------------------------------------------------------------------
-def _validate(x, values, indices, bias, dx_mode, tf32):
+def _validate(x, values, indices, bias, dx_mode, tf32, batch_major_out=False):
     check_tensor("x", x, FLOAT_DTYPES)
     check_tensor("values", values, FLOAT_DTYPES, ndim=2)
     check_tensor("indices", indices, INDEX_DTYPES, ndim=2)
@@ -244,12 +265,14 @@ def _validate(x, values, indices, bias, dx_mode, tf32):
         raise ValueError(f"dx_mode must be one of {DX_MODES}, got {dx_mode!r}")
     if not isinstance(tf32, bool):
         raise TypeError(f"tf32 must be a bool, got {type(tf32).__name__}")
+    if not isinstance(batch_major_out, bool):
+        raise TypeError(f"batch_major_out must be a bool, got {type(batch_major_out).__name__}")
     if indices.dtype == torch.int16 and x.shape[-1] > torch.iinfo(torch.int16).max + 1:
         raise TypeError(f"indices is int16 but x has in_features={x.shape[-1]} > 32768; use int32 indices")
 
 
 def group_condensed_matmul(x, values, indices, bias=None, *, dx_mode: str = "deterministic", tf32: bool = False,
-                           pattern: Pattern | None = None):
+                           pattern: Pattern | None = None, batch_major_out: bool = False):
     """Product of ``x`` with a group-shared constant fan-in weight.
 
     ``y[..., j] = sum_k values[j, k] * x[..., indices[j // G, k]] + bias[j]``,
@@ -268,6 +291,12 @@ def group_condensed_matmul(x, values, indices, bias=None, *, dx_mode: str = "det
             fp32 accumulation). Default False: IEEE fp32 products. No effect on fp16/bf16.
         pattern: the owner's :class:`~tritonsparse._structure.Pattern` of ``indices``
             (None: the one kept for this indices tensor).
+        batch_major_out: return y as a view of batch-major (n, B) storage (``y.t()`` is
+            contiguous for 2-D x; the kernel writes yT). Same values, other strides. An x
+            in that layout is gathered from in place, so a following group op (after
+            elementwise ops, which keep the layout) needs no transpose of its input; any
+            other x is transposed once per call. Ignored (row-major y) under
+            ``torch.compile``.
 
     Returns:
         (..., n) in x's dtype, differentiable in x, values and bias (accumulated in fp32).
@@ -282,8 +311,9 @@ def group_condensed_matmul(x, values, indices, bias=None, *, dx_mode: str = "det
         x, values = x.to(dtype), values.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
         with torch.autocast(x.device.type, enabled=False):
-            return group_condensed_matmul(x, values, indices, bias, dx_mode=dx_mode, tf32=tf32, pattern=pattern)
-    _validate(x, values, indices, bias, dx_mode, tf32)
+            return group_condensed_matmul(x, values, indices, bias, dx_mode=dx_mode, tf32=tf32, pattern=pattern,
+                                          batch_major_out=batch_major_out)
+    _validate(x, values, indices, bias, dx_mode, tf32, batch_major_out)
     lead, in_features = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(lead.numel(), in_features)
     symbolic = torch.compiler.is_compiling() or is_symbolic(x2) or is_symbolic(values) or is_symbolic(indices)
@@ -294,5 +324,5 @@ def group_condensed_matmul(x, values, indices, bias=None, *, dx_mode: str = "det
             pattern = pattern_for(indices, in_features)
         elif pattern.in_features != in_features:
             raise ValueError(f"pattern describes in_features={pattern.in_features} but x has {in_features}")
-        y = _GroupMatmul.apply(x2, values, indices, bias, pattern, dx_mode, tf32)
+        y = _GroupMatmul.apply(x2, values, indices, bias, pattern, dx_mode, tf32, batch_major_out)
     return y.reshape(*lead, values.shape[0])

@@ -100,6 +100,21 @@ def _decode_pixels(ps, OH, OW, stride_h, stride_w, pad_h, pad_w, stride_xb, stri
 
 
 @triton.jit
+def clamped_pixel_offsets(ps, P, OH, OW, stride_h, stride_w, stride_xb, stride_xh, stride_xw, taps_ptr):
+    """Flattened output pixels -> offset of their top-left tap in the padded input, in the
+    tap table's integer type (int32 when every offset of the copy fits, else int64); a
+    pixel past P reads pixel P - 1 (in bounds) and is not stored."""
+    ohw = OH * OW
+    pc = tl.minimum(ps, P - 1)
+    b = pc // ohw
+    rem = pc - b * ohw
+    oh = rem // OW
+    ow = rem - oh * OW
+    off_ty = taps_ptr.dtype.element_ty
+    return b.to(off_ty) * stride_xb + (oh * stride_h).to(off_ty) * stride_xh + (ow * stride_w).to(off_ty) * stride_xw
+
+
+@triton.jit
 def _decode_taps(idx, n_taps, KH, KW, dil_h, dil_w, stride_xc, stride_xh, stride_xw):
     """Condensed indices -> (row shift, column shift, int64 x offset of the tap). An index
     outside [0, n_taps) gets a row shift far outside the image: it reads nothing."""
@@ -165,16 +180,8 @@ def _condensed_conv_fwd_kernel(
     ks0 = tl.arange(0, BLOCK_K)[None, :, None]
     ps = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)[None, None, :]
     row_mask = rows < n
-    # pixels -> offset of their top-left tap in the padded input; a pixel past P reads
-    # pixel P - 1 (in bounds) and is not stored
+    pix_off = clamped_pixel_offsets(ps, P, OH, OW, stride_h, stride_w, stride_xb, stride_xh, stride_xw, taps_ptr)
     ohw = OH * OW
-    pc = tl.minimum(ps, P - 1)
-    b = pc // ohw
-    rem = pc - b * ohw
-    oh = rem // OW
-    ow = rem - oh * OW
-    off_ty = taps_ptr.dtype.element_ty  # int32 when every offset of the padded input fits, else int64
-    pix_off = b.to(off_ty) * stride_xb + (oh * stride_h).to(off_ty) * stride_xh + (ow * stride_w).to(off_ty) * stride_xw
     t_rows = taps_ptr + rows.to(tl.int64) * stride_t_n
     v_rows = values_ptr + rows.to(tl.int64) * stride_v_n
 

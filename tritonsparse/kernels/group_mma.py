@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from .._triton import autotune, batch_bucket, interpreting, launch_device, size_bucket
+from .condensed_conv import clamped_pixel_offsets
 
 
 def _cfg(bg, bk, bb, warps, stages):
@@ -136,6 +137,44 @@ def _group_fwd_kernel(
 
 
 @triton.jit
+def _group_conv_fwd_kernel(
+    xp_ptr, v_ptr, taps_ptr, bias_ptr, y_ptr,
+    P, G, K, zero_off, k_bucket, b_bucket, OH, OW, stride_h, stride_w,
+    stride_xb, stride_xh, stride_xw, stride_v_n, stride_t_g, stride_y_b, stride_y_n,
+    HAS_BIAS: tl.constexpr, TF32: tl.constexpr, WIDEN: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr,
+):
+    """Implicit-im2col group convolution forward: the forward's (BLOCK_G x BLOCK_K) @
+    (BLOCK_K x BLOCK_B) tile with the output pixels as the batch. The gathered element
+    (slot k, pixel p) is ``xp[tap[group, k] + pix_off[p]]`` in the padded input copy
+    (:func:`tritonsparse.kernels.condensed_conv.pad_input`); tail slots hold the offset of
+    its all-zero channel, a pixel past P reads pixel P - 1 and is not stored, so the
+    gather needs no mask. y is (B, n, OH, OW) with its strides."""
+    group, r_mask, rows64 = _group_rows(G, BLOCK_G)
+    ps = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    p_mask = ps < P
+    pix_off = clamped_pixel_offsets(ps, P, OH, OW, stride_h, stride_w, stride_xb, stride_xh, stride_xw, taps_ptr)
+    t_row = taps_ptr + group.to(tl.int64) * stride_t_g
+    v_rows = v_ptr + rows64[:, None] * stride_v_n
+
+    acc = tl.zeros((BLOCK_G, BLOCK_B), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_mask = ks < K
+        tap = tl.load(t_row + ks, mask=k_mask, other=zero_off)
+        xg = tl.load(xp_ptr + tap[:, None] + pix_off[None, :])
+        v = tl.load(v_rows + ks[None, :], mask=r_mask[:, None] & k_mask[None, :], other=0.0)
+        acc = _dot(v, xg, acc, TF32, WIDEN)
+
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rows64, mask=r_mask, other=0.0).to(tl.float32)[:, None]
+    ohw = OH * OW
+    b2 = ps // ohw
+    y_ptrs = y_ptr + rows64[:, None] * stride_y_n + (b2.to(tl.int64) * stride_y_b + (ps - b2 * ohw))[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=r_mask[:, None] & p_mask[None, :])
+
+
+@triton.jit
 def _group_dw_kernel(
     x_ptr, gy_ptr, idx_ptr, dv_ptr,
     B, G, K, in_features, k_bucket, b_bucket,
@@ -235,6 +274,7 @@ def _tuned(kernel, tiles, **kw):
 # (tensor-core, IEEE fp32) autotuners over each kernel
 _FWD = (_tuned(_group_fwd_kernel, _FWD_MMA), _tuned(_group_fwd_kernel, _FWD_FMA))
 _DW = (_tuned(_group_dw_kernel, _DW_MMA), _tuned(_group_dw_kernel, _DW_FMA))
+_CONV_FWD = (_tuned(_group_conv_fwd_kernel, _FWD_MMA), _tuned(_group_conv_fwd_kernel, _FWD_FMA))
 _DX = (_tuned(_group_dx_kernel, _DX_MMA, reset_to_zero=["out_ptr"]),
        _tuned(_group_dx_kernel, _DX_FMA, reset_to_zero=["out_ptr"]))
 
@@ -277,6 +317,31 @@ def group_fwd(x, values, indices, bias, out, *, x_batch_major: bool, out_transpo
             x, values, indices, bias if bias is not None else values, out,
             B, G, K, in_features, size_bucket(K), batch_bucket(B),
             sx_i, sx_b, values.stride(0), indices.stride(0), sy_n, sy_b,
+            HAS_BIAS=bias is not None, TF32=bool(tf32), WIDEN=_widen(values.dtype),
+        )
+    return out
+
+
+def group_conv_fwd(x, values, indices, bias, out, kernel_size, stride, padding, dilation, *, tf32: bool = False):
+    """Implicit-im2col forward of a group-shared conv. x: (B, C, H, W), any strides;
+    values (n, K) with unit column stride; indices (n/G, K) over C·kh·kw (an index out
+    of range reads zeros); bias (n,) contiguous or None; out: (B, n, OH, OW), any strides,
+    written in full. Holds one padded copy of x and an (n/G, K) tap table while it runs."""
+    from .condensed_conv import conv_taps, pad_input
+
+    batch, n, oh, ow = out.shape
+    K = values.shape[1]
+    n_groups = indices.shape[0]
+    G = n // n_groups
+    P = batch * oh * ow
+    with launch_device(x):
+        xp = pad_input(x, padding)
+        taps = conv_taps(xp, indices, kernel_size, dilation)
+        grid = lambda meta: (_group_tiles(n_groups, G, meta), triton.cdiv(P, meta["BLOCK_B"]))  # noqa: E731
+        _pick(_CONV_FWD, values.dtype, tf32)[grid](
+            xp, values, taps, bias if bias is not None else values, out,
+            P, G, K, (xp.shape[1] - 1) * xp.stride(1), size_bucket(K), batch_bucket(P), oh, ow, stride[0], stride[1],
+            xp.stride(0), xp.stride(2), xp.stride(3), values.stride(0), taps.stride(0), out.stride(0), out.stride(1),
             HAS_BIAS=bias is not None, TF32=bool(tf32), WIDEN=_widen(values.dtype),
         )
     return out
@@ -337,7 +402,9 @@ def _aot_specs():
     MMA type and is left out to keep the check's compile time down. ``values`` are the ints
     of a representative launch (Llama 4096->14336 at 90%, G=64, batch 256, K=410 stored
     in rows of 416), so the build gets the runtime's specialization (unit strides become
-    constants, strides divisible by 16 get the divisibility hint)."""
+    constants, strides divisible by 16 get the divisibility hint). The batch-major layouts
+    (``batch_major_out``: the forward writes yT; a batch-major dY into dX and dValues) are
+    other specializations (the unit stride moves to the batch); they are built for bf16."""
     ints = ("B", "G", "K", "in_features", "k_bucket", "b_bucket")
     B, n, G, K, KP, IN = 256, 14336, 64, 410, 416, 4096
     common = {"B": B, "G": G, "K": K, "in_features": IN, "k_bucket": 512, "b_bucket": B}
@@ -353,6 +420,11 @@ def _aot_specs():
     def sig(ptrs, strides):
         return {**ptrs, **{k: "i32" for k in ints + strides}}
 
+    bm = {"stride_y_n": B, "stride_y_b": 1, "stride_gy_n": B, "stride_gy_b": 1}  # batch-major y / dY
+
+    def batch_major(vals):
+        return {**vals, **{k: v for k, v in bm.items() if k in vals}}
+
     specs = []
     for dt, it, tf32, which in (("bf16", "i16", False, 0), ("fp32", "i32", True, 0), ("fp32", "i32", False, 1)):
         const = {"TF32": tf32, "WIDEN": False}
@@ -367,6 +439,29 @@ def _aot_specs():
             specs.append((_DX[which], sig({"gy_ptr": f"*{dt}", "v_ptr": f"*{dt}", "idx_ptr": f"*{it}", "out_ptr": "*fp32"},
                                           ("stride_gy_n", "stride_gy_b", "stride_v_n", "stride_i_g", "stride_o_r", "stride_o_b")),
                           {**const, "ATOMIC": atomic}, dx_vals[atomic]))
+    dt, it = "bf16", "i16"
+    const = {"TF32": False, "WIDEN": False}
+    for kernel, ptrs, strides, extra, vals in (
+            (_FWD[0], {"x_ptr": f"*{dt}", "v_ptr": f"*{dt}", "idx_ptr": f"*{it}", "bias_ptr": f"*{dt}", "y_ptr": f"*{dt}"},
+             ("stride_x_i", "stride_x_b", "stride_v_n", "stride_i_g", "stride_y_n", "stride_y_b"), {"HAS_BIAS": True},
+             fwd_vals),
+            (_DW[0], {"x_ptr": f"*{dt}", "gy_ptr": f"*{dt}", "idx_ptr": f"*{it}", "dv_ptr": f"*{dt}"},
+             ("stride_x_i", "stride_x_b", "stride_gy_n", "stride_gy_b", "stride_i_g", "stride_dv_n"), {}, dw_vals),
+            *[(_DX[0], {"gy_ptr": f"*{dt}", "v_ptr": f"*{dt}", "idx_ptr": f"*{it}", "out_ptr": "*fp32"},
+               ("stride_gy_n", "stride_gy_b", "stride_v_n", "stride_i_g", "stride_o_r", "stride_o_b"),
+               {"ATOMIC": atomic}, dx_vals[atomic]) for atomic in (False, True)]):
+        specs.append((kernel, sig(ptrs, strides), {**const, **extra}, batch_major(vals)))
+    # the implicit group conv forward: 64 -> 64 channels, 3x3, padding 1, 16x16 input, batch 8,
+    # K = 58 (rows of 64), G = 16; taps int32 (n/G, K); the padded copy (8, 65, 18, 18)
+    conv_ints = ("P", "G", "K", "zero_off", "k_bucket", "b_bucket", "OH", "OW", "stride_h", "stride_w", "stride_xb",
+                 "stride_xh", "stride_xw", "stride_v_n", "stride_t_g", "stride_y_b", "stride_y_n")
+    conv_vals = {"P": 2048, "G": 16, "K": 58, "zero_off": 64 * 324, "k_bucket": 64, "b_bucket": 2048, "OH": 16, "OW": 16,
+                 "stride_h": 1, "stride_w": 1, "stride_xb": 65 * 324, "stride_xh": 18, "stride_xw": 1, "stride_v_n": 64,
+                 "stride_t_g": 58, "stride_y_b": 64 * 256, "stride_y_n": 256}
+    for dt, tf32, which in (("bf16", False, 0), ("fp32", False, 1)):
+        specs.append((_CONV_FWD[which], {"xp_ptr": f"*{dt}", "v_ptr": f"*{dt}", "taps_ptr": "*i32", "bias_ptr": f"*{dt}",
+                                         "y_ptr": f"*{dt}", **{k: "i32" for k in conv_ints}},
+                      {"HAS_BIAS": True, "TF32": tf32, "WIDEN": False}, conv_vals))
     red_vals = {"B": B, "b_bucket": B, "stride_ws_r": B, "stride_dx_b": IN, "stride_dx_i": 1}
     for dt in ("fp32", "bf16"):
         specs.append((_column_reduce_kernel, {"ws_ptr": "*fp32", "crow_ptr": "*i32", "perm_ptr": "*i64", "dx_ptr": f"*{dt}",

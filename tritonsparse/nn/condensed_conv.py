@@ -7,7 +7,8 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from .._validate import FLOAT_DTYPES, check_tensor
-from ..conv_ops import condensed_conv2d, nchw_to_rows, output_size, rows_to_nchw, unfold_rows, uses_implicit
+from ..conv_ops import (condensed_conv2d, nchw_to_rows, output_size, rows_to_nchw, unfold_batch_major, unfold_rows,
+                        uses_implicit)
 from ..formats import CondensedWeight
 from .condensed_linear import CondensedLinear
 
@@ -34,6 +35,13 @@ class CondensedConv2d(CondensedLinear):
       unfolded (``F.unfold``) into (N·L, C_in·kh·kw) patches and multiplied by the
       condensed weight with ``condensed_matmul``; the patches take kh·kw times the
       input's memory.
+    * ``group_size`` G > 1: G consecutive output channels share their K taps (indices
+      (n_active/G, K)). Triton backend: an implicit-im2col forward on tensor cores (the
+      group forward tile with output pixels as its batch; no unfolded input), and a
+      backward through the group dX (then ``F.fold``) and the group dValues on the input
+      unfolded batch-major. torch backend: the unfolded patches through
+      :func:`tritonsparse.group_ops.group_condensed_matmul` (a batched matmul per chunk
+      of groups).
 
     Storage, ``set_pattern`` and ablated rows are those of :class:`CondensedLinear` with
     ``in_features = in_channels·kh·kw`` (column ``c·kh·kw + i·kw + j`` is tap (c, i, j),
@@ -45,26 +53,38 @@ class CondensedConv2d(CondensedLinear):
         in_channels, out_channels, kernel_size, stride, padding, dilation: as
             ``nn.Conv2d`` (ints or pairs; padding as numbers, zero padding).
         fan_in: K, nonzeros per active output channel (1..in_channels·kh·kw).
-        bias, device, dtype, index_dtype, capacity: as :class:`CondensedLinear`.
+        bias, device, dtype, index_dtype, capacity, nnz_budget: as :class:`CondensedLinear`.
+        group_size: G, consecutive output channels sharing one set of K taps (default 1:
+            a pattern per channel); ``out_channels`` must be a multiple of G. Storage
+            and dynamic sparse training as for ``CondensedLinear(group_size=G)``.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, fan_in, stride=1, padding=0, dilation=1,
-                 bias=True, device=None, dtype=None, index_dtype=None, capacity=None):
+                 bias=True, device=None, dtype=None, index_dtype=None, capacity=None, group_size=1,
+                 nnz_budget=None):
         kernel_size = _int_pair("kernel_size", kernel_size, 1)
         self_stride = _int_pair("stride", stride, 1)
         self_padding = _int_pair("padding", padding, 0)
         self_dilation = _int_pair("dilation", dilation, 1)
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels} and {out_channels}")
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+            raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+        if out_channels % group_size:
+            raise ValueError(f"group_size={group_size} does not divide out_channels={out_channels}")
         super().__init__(in_channels * kernel_size[0] * kernel_size[1], out_channels, fan_in, bias=bias,
-                         device=device, dtype=dtype, index_dtype=index_dtype, capacity=capacity)
+                         device=device, dtype=dtype, index_dtype=index_dtype, capacity=capacity,
+                         group_size=group_size, nnz_budget=nnz_budget)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, self_stride, self_padding, self_dilation
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, mask: torch.Tensor | None = None, index_dtype=None):
+    def from_conv(cls, conv: nn.Conv2d, mask: torch.Tensor | None = None, index_dtype=None, group_size=None):
         """Condense an ``nn.Conv2d`` whose zero pattern (or ``mask``, shaped like its
-        weight) has the same count of nonzeros in every nonzero output channel."""
+        weight) has the same count of nonzeros in every nonzero output channel.
+        ``group_size``: None or 1 gives a pattern per channel; an int G > 1 requires every
+        G consecutive nonzero channels to share their taps; ``"auto"`` takes the largest G
+        the pattern has (as :meth:`CondensedWeight.from_dense`)."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
         if conv.groups != 1:
@@ -78,12 +98,15 @@ class CondensedConv2d(CondensedLinear):
             if tuple(mask.shape) != tuple(conv.weight.shape):
                 raise ValueError(f"mask has shape {tuple(mask.shape)} but conv.weight has shape {tuple(conv.weight.shape)}")
             mask = mask.reshape(conv.out_channels, -1)
-        cw = CondensedWeight.from_dense(weight, mask, index_dtype)
+        cw = CondensedWeight.from_dense(weight, mask, index_dtype, group_size=group_size)
         if cw.n_active == 0:
             raise ValueError("conv has no nonzero weight: nothing to condense")
+        if conv.out_channels % cw.group_size:  # the active channels group, but not all of them
+            raise ValueError(f"group_size={cw.group_size} does not divide out_channels={conv.out_channels}")
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, max(cw.fan_in, 1), stride=conv.stride,
                     padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
-                    device=weight.device, dtype=weight.dtype, index_dtype=cw.indices.dtype)
+                    device=weight.device, dtype=weight.dtype, index_dtype=cw.indices.dtype,
+                    group_size=cw.group_size)
         layer.set_pattern(cw.values, cw.indices, cw.active_rows)
         if conv.bias is not None:
             with torch.no_grad():
@@ -105,8 +128,10 @@ class CondensedConv2d(CondensedLinear):
             raise ValueError(f"x must be (N, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
         n = x.shape[0]
         out_hw = self.output_size(x.shape[2], x.shape[3])
-        if not uses_implicit(x):  # unfold fallback: CondensedLinear on the patches (hook included)
-            return rows_to_nchw(super().forward(unfold_rows(x, *self._geometry())), n, out_hw)
+        if not uses_implicit(x):
+            # unfold: CondensedLinear on the patches (hook and ablation included); G > 1 runs the group op
+            unfold = unfold_batch_major if self.group_size > 1 else unfold_rows
+            return rows_to_nchw(super().forward(unfold(x, *self._geometry())), n, out_hw)
         full = self.n_active == self.out_features
         y = condensed_conv2d(x, self.weight_values, self._indices_view, self.bias if full else None, *self._geometry(),
                              pattern=self._pattern)
@@ -124,4 +149,4 @@ class CondensedConv2d(CondensedLinear):
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, fan_in={self.fan_in}, active={self.n_active}, "
-                f"bias={self.bias is not None}")
+                f"bias={self.bias is not None}" + (f", group_size={self.group_size}" if self.group_size > 1 else ""))

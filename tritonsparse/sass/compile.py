@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 import torch
 
+from .._structure import cuda_check_policy
+
 _DTYPES = {
     "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64,
     "i8": torch.int8, "i16": torch.int16, "i32": torch.int32, "i64": torch.int64,
@@ -308,7 +310,8 @@ def _op_recorder(ops: list):
 @contextlib.contextmanager
 def intercept_launches(torch_ops: list | None = None):
     """Within the context, every Triton launch is recorded (a list of :class:`Launch` is
-    yielded) instead of run; launchers' backend checks answer ``"triton"`` for CPU tensors.
+    yielded) instead of run; launchers' backend checks answer ``"triton"`` for CPU tensors,
+    and index patterns (:class:`~tritonsparse._structure.Pattern`) follow the CUDA rule.
     With a list ``torch_ops``, the PyTorch operators that move data are appended to it
     (:class:`TorchOp`)."""
     from triton.runtime.autotuner import Autotuner
@@ -348,7 +351,9 @@ def intercept_launches(torch_ops: list | None = None):
     try:
         for obj, name, new in patches:
             setattr(obj, name, new)
-        with mode:
+        # index patterns follow the GPU's rule: range check and transposed structure redone
+        # only when the indices tensor changes (on CPU tensors they are checked on every call)
+        with cuda_check_policy(), mode:
             yield launches
     finally:
         for obj, name, old in saved:

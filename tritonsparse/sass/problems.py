@@ -38,6 +38,7 @@ class Problem:
     hw: int = 0  # conv: input height = width
     G: int = 1  # fwd/dx/dw: rows sharing one index row (group-shared pattern, gather-MMA kernels)
     dx_mode: str = "deterministic"  # G > 1: the group dX mode ("deterministic" or "atomic")
+    batch_major: bool = False  # G > 1, fwd: x arrives batch-major (a view of xT) and y is written so too
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -55,6 +56,8 @@ class Problem:
             raise ValueError(f"K={self.K} exceeds the fan-in {fan_in} of in_features={self.in_features}")
         if self.G != 1 and (self.role not in ("fwd", "dx", "dw") or self.G < 1 or self.out_features % self.G):
             raise ValueError(f"G={self.G} needs role fwd/dx/dw and out_features divisible by G")
+        if self.batch_major and (self.G == 1 or self.role != "fwd"):
+            raise ValueError("batch_major needs role fwd with G > 1 (group_condensed_matmul's batch_major_out)")
         if self.dx_mode not in ("deterministic", "atomic"):
             raise ValueError(f"dx_mode must be 'deterministic' or 'atomic', got {self.dx_mode!r}")
         if self.role.startswith("conv") and self.hw < 1:
@@ -69,6 +72,7 @@ class Problem:
             core += f" {self.hw}x{self.hw}"
         if self.G > 1:
             core += f" G={self.G}" + (" atomic" if self.dx_mode == "atomic" and self.role == "dx" else "")
+            core += " batch-major" if self.batch_major else ""
         return core
 
     @property
@@ -116,7 +120,8 @@ def _calls(p: Problem):
         x = torch.randn(p.batch, p.in_features, generator=gen).to(dt)
 
         def prepare():
-            xx = x.clone().requires_grad_(p.role == "dx")
+            # batch-major: x as the previous group op's batch_major_out leaves it (a view of xT)
+            xx = (x.t().contiguous().t() if p.batch_major else x.clone()).requires_grad_(p.role == "dx")
             vv = pad_fan_in(vals.clone()) if p.G > 1 else vals.clone()  # clone() drops the padding
             return xx, vv.requires_grad_(p.role == "dw"), torch.ones(p.batch, p.out_features, dtype=dt)
 
@@ -126,7 +131,7 @@ def _calls(p: Problem):
                 if p.G > 1:
                     from ..group_ops import group_condensed_matmul
 
-                    return group_condensed_matmul(xx, vv, idx, dx_mode=p.dx_mode), g
+                    return group_condensed_matmul(xx, vv, idx, dx_mode=p.dx_mode, batch_major_out=p.batch_major), g
                 return tritonsparse.condensed_matmul(xx, vv, idx), g
 
         def backward(state):
@@ -173,18 +178,11 @@ def capture(p: Problem):
     library runs for ``p``, in order (for the backward roles, those of the backward only),
     in the steady state: a first call, not recorded, fills the caches of the index pattern
     (e.g. the transposed structure dX uses), as in training between mask updates."""
-    from .._structure import cuda_check_policy
+    from .compile import intercept_launches
 
     if not isinstance(p, Problem):
         raise TypeError(f"p must be a Problem, got {type(p).__name__}")
     prepare, forward, backward = _calls(p)
-    with cuda_check_policy():  # the index checks and caches of a CUDA run, not the CPU's per-call check
-        return _capture_steady(prepare, forward, backward)
-
-
-def _capture_steady(prepare, forward, backward):
-    from .compile import intercept_launches
-
     for warm in (True, False):  # the first call fills the per-pattern caches; steady state is the second
         leaves = prepare()
         ops: list = []

@@ -245,7 +245,8 @@ def issue8_cases() -> list[Problem]:
 def group_cases() -> list[Problem]:
     """Issue 13's targets: the group-shared (G=64) gather-MMA kernels, bf16, 90% sparse, on
     the Llama-3-8B MLP (forward, dX in both modes, dValues) and the ViT-B MLP (forward),
-    batch 256 and 4096."""
+    batch 256 and 4096; each forward also with x batch-major and y written so
+    (``batch_major_out``: a chain of group layers, no transpose)."""
     cases = []
     for batch in (256, 4096):
         for shape in (LLAMA_UP, LLAMA_DOWN):
@@ -254,6 +255,9 @@ def group_cases() -> list[Problem]:
             cases.append(Problem("dx", batch=batch, dtype="bf16", index_dtype="int16", G=64, dx_mode="atomic", **shape))
         for shape in (VIT_FC1, VIT_FC2):
             cases.append(Problem("fwd", batch=batch, dtype="bf16", index_dtype="int16", G=64, **shape))
+    for batch in (256, 4096):
+        for shape in (LLAMA_UP, LLAMA_DOWN, VIT_FC1, VIT_FC2):
+            cases.append(Problem("fwd", batch=batch, dtype="bf16", index_dtype="int16", G=64, batch_major=True, **shape))
     return cases
 
 
@@ -433,6 +437,7 @@ def main(argv=None):
     ap.add_argument("--gpu", default="h100", choices=sorted(M.GPUS))
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--G", type=int, default=1, help="fwd/dx/dw: rows per shared index row (group-shared pattern)")
+    ap.add_argument("--batch-major", action="store_true", help="fwd with G > 1: x batch-major, y written batch-major")
     ap.add_argument("--cases", choices=["issue8", "groups", "smoke"], help="run a set of problems")
     ap.add_argument("--csv", help="write the rows to this CSV")
     ap.add_argument("--max-configs", type=int, help="only the first N pruned configs of each launch (smoke runs)")
@@ -454,7 +459,7 @@ def main(argv=None):
         ap.error("give a role and --in --out --K --batch, or --cases, or --readme-table")
     try:
         p = Problem(args.role, args.in_features, args.out_features, args.K, args.batch, args.dtype, args.index_dtype,
-                    Kx=args.Kx, hw=args.hw, G=args.G)
+                    Kx=args.Kx, hw=args.hw, G=args.G, batch_major=args.batch_major)
     except ValueError as e:
         ap.error(str(e))
     res = analyze(p, arch=args.arch, gpu=gpu, max_configs=args.max_configs)
