@@ -269,6 +269,36 @@ def test_condensed_linear_groups(monkeypatch):
     torch.testing.assert_close(from_cw.to_dense_weight(), dense)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_condensed_linear_batch_major_out(monkeypatch, backend):
+    """``batch_major_out=True``: the same y (and gradients) as the default, stored batch-major,
+    so two chained group layers pass activations without a transpose; G = 1 refuses it."""
+    if backend == "triton" and not _triton.interpreting():
+        pytest.skip("kernels on CPU need TRITON_INTERPRET=1")
+    monkeypatch.setenv("TRITONSPARSE_BACKEND", backend)
+    from tritonsparse.nn import CondensedLinear
+
+    torch.manual_seed(0)
+    a = CondensedLinear(24, 32, 7, group_size=16, batch_major_out=True)
+    b = CondensedLinear(32, 16, 5, group_size=8, batch_major_out=True)
+    a_ref = CondensedLinear(24, 32, 7, group_size=16)
+    b_ref = CondensedLinear(32, 16, 5, group_size=8)
+    a_ref.load_state_dict(a.state_dict())
+    b_ref.load_state_dict(b.state_dict())
+    x = torch.randn(5, 24)
+    h = a(x)
+    assert h.shape == (5, 32) and h.t().is_contiguous()
+    y, y_ref = b(torch.relu(h)), b_ref(torch.relu(a_ref(x)))
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    y.square().sum().backward()
+    y_ref.square().sum().backward()
+    torch.testing.assert_close(a.values.grad, a_ref.values.grad, rtol=1e-4, atol=1e-5)
+    assert "batch_major_out=True" in repr(a)
+    with pytest.raises(ValueError, match="batch_major_out"):
+        CondensedLinear(24, 32, 7, batch_major_out=True)
+    with pytest.raises(TypeError, match="batch_major_out"):
+        CondensedLinear(24, 32, 8, group_size=16, batch_major_out=1)
+
 @pytest.mark.skipif(not _triton.interpreting(), reason="kernels on CPU need TRITON_INTERPRET=1")
 def test_forward_launcher_layouts():
     """The forward kernel reads x batch-major (xT) or row-major, and writes y or yT (n, B)."""

@@ -36,6 +36,12 @@ class CondensedLinear(nn.Module):
             :mod:`tritonsparse.group_ops`; the storage then pads each row of values and
             each index row to a multiple of 16 slots (zeros, never read), and the
             active rows must come in whole groups. ``out_features`` must be a multiple of G.
+        batch_major_out: group_size > 1 only: return y as a (B, out) view of batch-major
+            storage (``y.t()`` contiguous; the kernel writes yT), which a following group
+            layer gathers from in place instead of transposing its input (one operator and
+            a pass over the activations fewer per layer; elementwise ops between the layers
+            keep the layout). Same values as the default row-major y. While some groups are
+            ablated the output is re-scattered to all rows and comes back row-major.
 
     A new layer gets a random pattern (K distinct columns per row) and values drawn
     uniformly in ±1/sqrt(K), the scale ``nn.Linear`` uses for a dense fan-in of K.
@@ -48,8 +54,12 @@ class CondensedLinear(nn.Module):
     capture_hook = None
 
     def __init__(self, in_features, out_features, fan_in, bias=True, device=None, dtype=None,
-                 index_dtype=None, capacity=None, group_size=1, nnz_budget=None):
+                 index_dtype=None, capacity=None, group_size=1, nnz_budget=None, batch_major_out=False):
         super().__init__()
+        if not isinstance(batch_major_out, bool):
+            raise TypeError(f"batch_major_out must be a bool, got {type(batch_major_out).__name__}")
+        if batch_major_out and group_size == 1:
+            raise ValueError("batch_major_out=True needs group_size > 1 (the per-row kernels write row-major y)")
         if not 1 <= fan_in <= in_features:
             raise ValueError(f"fan_in must be in [1, in_features={in_features}], got {fan_in}")
         if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
@@ -58,6 +68,7 @@ class CondensedLinear(nn.Module):
             raise ValueError(f"group_size={group_size} does not divide out_features={out_features}")
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.group_size = int(group_size)
+        self.batch_major_out = batch_major_out
         need = self.out_features * self._row_stride(int(fan_in))
         if self.group_size > 1:  # room for any fan-in that keeps the budget, with each row padded
             budget = int(nnz_budget) if nnz_budget is not None else self.out_features * int(fan_in)
@@ -227,7 +238,12 @@ class CondensedLinear(nn.Module):
     # -- forward -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_in_features(x, self.in_features)
-        if self.n_active == self.out_features:
+        if self.n_active == self.out_features and self.batch_major_out:
+            from ..group_ops import group_condensed_matmul
+
+            y = group_condensed_matmul(x, self.weight_values, self._indices_view, self.bias, pattern=self._pattern,
+                                       batch_major_out=True)
+        elif self.n_active == self.out_features:
             y = _condensed_matmul(x, self.weight_values, self._indices_view, self.bias, pattern=self._pattern)
         else:
             y = _condensed_matmul(x, self.weight_values, self._indices_view, pattern=self._pattern)
@@ -239,4 +255,5 @@ class CondensedLinear(nn.Module):
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, fan_in={self.fan_in}, "
                 f"active={self.n_active}, bias={self.bias is not None}, index_dtype={self.indices.dtype}"
-                + (f", group_size={self.group_size}" if self.group_size > 1 else ""))
+                + (f", group_size={self.group_size}" if self.group_size > 1 else "")
+                + (", batch_major_out=True" if self.batch_major_out else ""))
