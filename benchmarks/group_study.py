@@ -20,7 +20,20 @@ the trade-off, not as timings.
 
 Writes ``group_study.csv`` (one row per run or modeled case) and ``group_study.png``
 into ``--out`` (default ./bench_results; ``--repo-results`` writes benchmarks/results
-and plots/ in the checkout).
+and plots/ in the checkout). ``--groups``, ``--sparsities`` and ``--tasks`` (comma lists)
+narrow the grid.
+
+Width study: does G's accuracy cost come from G or from few groups per layer (a 256-wide
+layer at G=64 has only 4 index sets)? ``--width`` sets the hidden width W of the MLP
+64-W-W-W-10 (comma list; sparse W x W hidden layers, fan-in K = (1 - s)·W) and writes
+``group_study_width.csv`` / ``group_study_width.png`` (accuracy rows only, each with its
+width and its groups per layer W/G), e.g.
+
+    python benchmarks/group_study.py --width 256,1024 --groups 1,16,64 --sparsities 0.9 \
+        --tasks digits --threads 1 --repo-results
+    python benchmarks/group_study.py --replot benchmarks/results/group_study_width.csv
+
+Without ``--width`` the study runs at W = 256 (today's study, reproducible as before).
 """
 from __future__ import annotations
 
@@ -45,8 +58,10 @@ from tritonsparse.models.mlp import MLP  # noqa: E402
 GROUPS = (1, 4, 16, 64)
 SPARSITIES = (0.9, 0.95)
 TASKS = ("digits", "teacher")
+WIDTH = 256  # the study's hidden width
 FIELDS = ["kind", "task", "shape", "batch", "mode", "group_size", "sparsity", "seed", "test_acc", "active_neurons",
-          "fan_in", "seconds", "modeled_us", "modeled_dense_us", "modeled_speedup", "bound", "machine", "torch"]
+          "fan_in", "seconds", "modeled_us", "modeled_dense_us", "modeled_speedup", "bound", "machine", "torch",
+          "width", "groups_per_layer"]
 
 # -- H100 SXM constants (issue 8) ---------------------------------------------------------------
 SMS, CLOCK = 132, 1.98e9
@@ -168,8 +183,12 @@ def run_one(task, g, sparsity, seed, epochs, hidden=(256, 256, 256), batch_size=
     return acc, sum(s["active_neurons"] for s in stats.values()), "/".join(str(s["fan_in"]) for s in stats.values()), seconds
 
 
-def accuracy_rows(tasks, groups, sparsities, seeds, epochs, hidden):
+def accuracy_rows(tasks, groups, sparsities, seeds, epochs, hidden, on_row=None):
+    """One SRigL run per (task, sparsity, G, seed) on the MLP with ``hidden`` widths; each row
+    records the sparse layers' width (``hidden[1]``) and groups per layer (width / G).
+    ``on_row(rows)`` is called after every run (e.g. to save partial results)."""
     rows = []
+    width = hidden[1]
     for task in tasks:
         for s in sparsities:
             for g in groups:
@@ -177,9 +196,11 @@ def accuracy_rows(tasks, groups, sparsities, seeds, epochs, hidden):
                     acc, active, fan_in, sec = run_one(task, g, s, seed, epochs, hidden)
                     rows.append({"kind": "accuracy", "task": task, "group_size": g, "sparsity": s, "seed": seed,
                                  "test_acc": round(acc, 4), "active_neurons": active, "fan_in": fan_in,
-                                 "seconds": round(sec, 2)})
-                    print(f"{task} s={s} G={g} seed={seed}: acc {acc:.4f} active {active} K {fan_in} ({sec:.1f} s)",
-                          flush=True)
+                                 "seconds": round(sec, 2), "width": width, "groups_per_layer": width // g})
+                    print(f"{task} W={width} s={s} G={g} seed={seed}: acc {acc:.4f} active {active} K {fan_in} "
+                          f"({sec:.1f} s)", flush=True)
+                    if on_row is not None:
+                        on_row(rows)
     return rows
 
 
@@ -214,11 +235,7 @@ def plot(csv_path, png_path):
             mean = [sum(v) / len(v) for v in vals]
             a1.errorbar(gs, mean, yerr=[[m - min(v) for m, v in zip(mean, vals)], [max(v) - m for m, v in zip(mean, vals)]],
                         marker="o", capsize=3, label=f"{task}, {float(s):.0%} sparse")
-    a1.set_xscale("log", base=2)
-    a1.set_xlabel("group size G")
-    a1.set_ylabel("test accuracy (mean, min-max over seeds)")
-    a1.set_title("SRigL accuracy vs G (measured, CPU)")
-    a1.legend(fontsize=8)
+    _axes(a1, "group size G", "test accuracy (mean, min-max over seeds)", "SRigL accuracy vs G (measured, CPU)", 8)
     mod = [r for r in rows if r["kind"] == "modeled" and r["mode"] in ("forward", "step_atomic")]
     for key in sorted({(r["shape"], r["batch"], r["mode"]) for r in mod}):
         sel = sorted((int(r["group_size"]), float(r["modeled_speedup"])) for r in mod
@@ -228,14 +245,117 @@ def plot(csv_path, png_path):
         a2.plot([g for g, _ in sel], [s for _, s in sel], marker="o",
                 label=f"{key[0].split()[0]} B={key[1]} {key[2].replace('_', ' ')}")
     a2.axhline(1.0, color="grey", lw=0.8)
-    a2.set_xscale("log", base=2)
-    a2.set_xlabel("group size G")
-    a2.set_ylabel("speedup over dense bf16 (modeled)")
-    a2.set_title("MODELED H100 speedup, 90% sparse, bf16 (analytic roofline)")
-    a2.legend(fontsize=7)
+    _axes(a2, "group size G", "speedup over dense bf16 (modeled)",
+          "MODELED H100 speedup, 90% sparse, bf16 (analytic roofline)", 7)
+    _save(fig, png_path)
+
+
+def _axes(ax, xlabel, ylabel, title, legend_size):
+    """Log2 x axis, labels, title and legend of one panel."""
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=legend_size)
+
+
+def _save(fig, png_path):
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
+
+
+def _width_stats(rows):
+    """{(task, sparsity, width, G): sorted accuracies over seeds} from a width-study CSV's rows."""
+    out = {}
+    for r in rows:
+        if r["kind"] == "accuracy":
+            key = (r["task"], float(r["sparsity"]), int(r.get("width") or WIDTH), int(r["group_size"]))
+            out.setdefault(key, []).append(float(r["test_acc"]))
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def width_table(csv_path):
+    """A markdown table of a width-study CSV: per (task, sparsity, width) the accuracy in % at
+    each G as mean [min-max] over seeds, with the groups per layer W/G, and the mean gap of the
+    largest G to G=1 in points."""
+    with open(csv_path) as f:
+        stats = _width_stats(csv.DictReader(f))
+    groups = sorted({k[3] for k in stats})
+    head = "| task, sparsity, width | " + " | ".join(f"G={g}" for g in groups) + f" | G={groups[-1]} - G=1 |"
+    lines = [head, "|" + "---|" * (len(groups) + 2)]
+    for task, sp, w in sorted({k[:3] for k in stats}):
+        cells, means = [], {}
+        for g in groups:
+            v = stats.get((task, sp, w, g))
+            if v is None:
+                cells.append("")
+                continue
+            means[g] = 100 * sum(v) / len(v)
+            cells.append(f"{means[g]:.2f} [{100 * v[0]:.2f}-{100 * v[-1]:.2f}] ({w // g} groups)")
+        gap = f"{means[groups[-1]] - means[1]:+.2f}" if 1 in means and groups[-1] in means else ""
+        lines.append(f"| {task}, {sp:.0%}, W={w} | " + " | ".join(cells) + f" | {gap} |")
+    return "\n".join(lines)
+
+
+def plot_width(csv_path, png_path):
+    """The width study's figure from its CSV (re-plots old results): accuracy vs G per hidden
+    width, and the gap to G=1 at the same width vs groups per layer (W/G), each mean with
+    min-max over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path) as f:
+        stats = _width_stats(csv.DictReader(f))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for task, sp, w in sorted({k[:3] for k in stats}):
+        gs = sorted(k[3] for k in stats if k[:3] == (task, sp, w))
+        vals = [[100 * a for a in stats[(task, sp, w, g)]] for g in gs]
+        mean = [sum(v) / len(v) for v in vals]
+        label = f"{task} {sp:.0%}, W={w}"
+        a1.errorbar(gs, mean, yerr=[[m - v[0] for m, v in zip(mean, vals)], [v[-1] - m for m, v in zip(mean, vals)]],
+                    marker="o", capsize=3, label=label)
+        if 1 not in gs:
+            continue
+        base = mean[0]
+        sel = [(w // g, g, m - base, v) for g, m, v in zip(gs, mean, vals) if g > 1]
+        if not sel:
+            continue
+        a2.errorbar([s[0] for s in sel], [s[2] for s in sel],
+                    yerr=[[s[2] - (s[3][0] - base) for s in sel], [(s[3][-1] - base) - s[2] for s in sel]],
+                    marker="s", capsize=3, ls="none", label=label)
+        for n_groups, g, gap, _ in sel:
+            a2.annotate(f"G={g}", (n_groups, gap), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    _axes(a1, "group size G", "test accuracy % (mean, min-max over seeds)",
+          "SRigL accuracy vs G per hidden width (measured, CPU)", 8)
+    a2.axhline(0.0, color="grey", lw=0.8)
+    a2.axhline(-1.0, color="red", lw=0.8, ls=":", label="1 point below G=1")
+    _axes(a2, "groups per sparse layer (W / G)", "accuracy - mean G=1 at the same width (points)",
+          "gap to G=1 vs groups per layer", 8)
+    _save(fig, png_path)
+
+
+def _list_of(kind, name, choices=None):
+    """An argparse ``type``: a comma list of ``kind`` (positive; fractions in (0, 1) for floats)."""
+    def parse(text):
+        out = []
+        for item in text.split(","):
+            try:
+                v = kind(item.strip())
+            except ValueError:
+                what = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+                raise argparse.ArgumentTypeError(f"{name}: {item!r} is not {what}") from None
+            if choices is not None and v not in choices:
+                raise argparse.ArgumentTypeError(f"{name}: {v!r} is not one of {', '.join(choices)}")
+            if kind is int and v < 1 or kind is float and not 0 < v < 1:
+                raise argparse.ArgumentTypeError(f"{name}: {v} is out of range")
+            out.append(v)
+        return tuple(out)
+    return parse
 
 
 def main(argv=None):
@@ -245,28 +365,49 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (recorded in the CSV)")
     ap.add_argument("--out", default="bench_results")
     ap.add_argument("--repo-results", action="store_true", help="write into benchmarks/results and plots/")
-    ap.add_argument("--smoke", action="store_true", help="tiny grid (seconds): one seed, 1 epoch, G in {1, 4}")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny grid (seconds): one seed, 1 epoch, G in {1, 4} and width 64 unless given")
+    ap.add_argument("--width", type=_list_of(int, "--width"), default=None,
+                    help="hidden width(s) W, comma list: runs the width study (group_study_width.csv, accuracy only)")
+    ap.add_argument("--groups", type=_list_of(int, "--groups"), default=None, help="G values, comma list")
+    ap.add_argument("--sparsities", type=_list_of(float, "--sparsities"), default=None, help="comma list")
+    ap.add_argument("--tasks", type=_list_of(str, "--tasks", TASKS), default=None, help="comma list of " + ", ".join(TASKS))
     ap.add_argument("--replot", metavar="CSV", help="re-plot an existing CSV and exit")
     args = ap.parse_args(argv)
     if args.replot:
         png = Path(args.replot).with_suffix(".png")
-        plot(args.replot, png)
+        with open(args.replot) as f:
+            width_study = not any(r["kind"] == "modeled" for r in csv.DictReader(f))
+        (plot_width if width_study else plot)(args.replot, png)
+        if width_study:
+            print(width_table(args.replot))
         print(png)
         return 0
+    width_study = args.width is not None
+    widths = args.width or ((64,) if args.smoke else (WIDTH,))
+    groups = args.groups or ((1, 4) if args.smoke else GROUPS)
+    sparsities = args.sparsities or ((0.9,) if args.smoke else SPARSITIES)
+    tasks = args.tasks or TASKS
+    seeds, epochs = (1, 1) if args.smoke else (args.seeds, args.epochs)
+    bad = [(g, w) for g in groups for w in widths if w % g]
+    if bad:
+        ap.error(f"--groups: G={bad[0][0]} does not divide --width {bad[0][1]} (a layer of width W holds W/G groups)")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TRITONSPARSE_BACKEND", "torch")
-    if args.smoke:
-        acc = accuracy_rows(TASKS, (1, 4), (0.9,), 1, 1, (64, 64, 64))
-        mod = modeled_rows(groups=(1, 4))
-    else:
-        acc = accuracy_rows(TASKS, GROUPS, SPARSITIES, args.seeds, args.epochs, (256, 256, 256))
-        mod = modeled_rows()
-    out_csv = ROOT / "benchmarks" / "results" / "group_study.csv" if args.repo_results else Path(args.out) / "group_study.csv"
-    out_png = ROOT / "plots" / "group_study.png" if args.repo_results else Path(args.out) / "group_study.png"
+    stem = "group_study_width" if width_study else "group_study"
+    out_csv = ROOT / "benchmarks" / "results" / f"{stem}.csv" if args.repo_results else Path(args.out) / f"{stem}.csv"
+    out_png = ROOT / "plots" / f"{stem}.png" if args.repo_results else Path(args.out) / f"{stem}.png"
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     out_png.parent.mkdir(parents=True, exist_ok=True)
+    acc = []
+    for w in widths:  # the CSV is rewritten after every run, so a cut run keeps what it finished
+        acc += accuracy_rows(tasks, groups, sparsities, seeds, epochs, (w, w, w),
+                             on_row=lambda rows, done=list(acc): write_csv(done + rows, out_csv))
+    mod = [] if width_study else modeled_rows(groups=groups)
     write_csv(acc + mod, out_csv)
-    plot(out_csv, out_png)
+    (plot_width if width_study else plot)(out_csv, out_png)
+    if width_study:
+        print(width_table(out_csv))
     print(out_csv)
     print(out_png)
     return 0
