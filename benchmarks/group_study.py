@@ -268,13 +268,15 @@ def _save(fig, png_path):
 
 
 def _width_stats(rows):
-    """{(task, sparsity, width, G): sorted accuracies over seeds} from a width-study CSV's rows."""
-    out = {}
+    """From a width-study CSV's rows: {(task, sparsity, width, G): sorted accuracies over seeds}
+    and {same key: the first sparse layer's fan-in K}."""
+    out, fan_in = {}, {}
     for r in rows:
         if r["kind"] == "accuracy":
             key = (r["task"], float(r["sparsity"]), int(r.get("width") or WIDTH), int(r["group_size"]))
             out.setdefault(key, []).append(float(r["test_acc"]))
-    return {k: sorted(v) for k, v in sorted(out.items())}
+            fan_in[key] = int(r["fan_in"].split("/")[0])
+    return {k: sorted(v) for k, v in sorted(out.items())}, fan_in
 
 
 def width_table(csv_path):
@@ -282,7 +284,7 @@ def width_table(csv_path):
     each G as mean [min-max] over seeds, with the groups per layer W/G, and the mean gap of the
     largest G to G=1 in points."""
     with open(csv_path) as f:
-        stats = _width_stats(csv.DictReader(f))
+        stats, _ = _width_stats(csv.DictReader(f))
     groups = sorted({k[3] for k in stats})
     head = "| task, sparsity, width | " + " | ".join(f"G={g}" for g in groups) + f" | G={groups[-1]} - G=1 |"
     lines = [head, "|" + "---|" * (len(groups) + 2)]
@@ -302,16 +304,17 @@ def width_table(csv_path):
 
 def plot_width(csv_path, png_path):
     """The width study's figure from its CSV (re-plots old results): accuracy vs G per hidden
-    width, and the gap to G=1 at the same width vs groups per layer (W/G), each mean with
-    min-max over seeds."""
+    width, and the gap to G=1 at the same width against groups per layer (W/G) and against
+    the most distinct inputs a layer can read, min(W, (W/G)·K); each mean with min-max over
+    seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     with open(csv_path) as f:
-        stats = _width_stats(csv.DictReader(f))
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+        stats, fan_in = _width_stats(csv.DictReader(f))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(17, 4.5))
     for task, sp, w in sorted({k[:3] for k in stats}):
         gs = sorted(k[3] for k in stats if k[:3] == (task, sp, w))
         vals = [[100 * a for a in stats[(task, sp, w, g)]] for g in gs]
@@ -325,17 +328,21 @@ def plot_width(csv_path, png_path):
         sel = [(w // g, g, m - base, v) for g, m, v in zip(gs, mean, vals) if g > 1]
         if not sel:
             continue
-        a2.errorbar([s[0] for s in sel], [s[2] for s in sel],
-                    yerr=[[s[2] - (s[3][0] - base) for s in sel], [(s[3][-1] - base) - s[2] for s in sel]],
-                    marker="s", capsize=3, ls="none", label=label)
-        for n_groups, g, gap, _ in sel:
-            a2.annotate(f"G={g}", (n_groups, gap), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        reads = [min(w, (w // g) * fan_in[(task, sp, w, g)]) for _, g, _, _ in sel]
+        for ax, xs in ((a2, [s[0] for s in sel]), (a3, reads)):
+            ax.errorbar(xs, [s[2] for s in sel],
+                        yerr=[[s[2] - (s[3][0] - base) for s in sel], [(s[3][-1] - base) - s[2] for s in sel]],
+                        marker="s", capsize=3, ls="none", label=label)
+            for x, (_, g, gap, _) in zip(xs, sel):
+                ax.annotate(f"G={g}", (x, gap), textcoords="offset points", xytext=(5, 4), fontsize=7)
     _axes(a1, "group size G", "test accuracy % (mean, min-max over seeds)",
           "SRigL accuracy vs G per hidden width (measured, CPU)", 8)
-    a2.axhline(0.0, color="grey", lw=0.8)
-    a2.axhline(-1.0, color="red", lw=0.8, ls=":", label="1 point below G=1")
-    _axes(a2, "groups per sparse layer (W / G)", "accuracy - mean G=1 at the same width (points)",
-          "gap to G=1 vs groups per layer", 8)
+    for ax, xlabel, title in ((a2, "groups per sparse layer (W / G)", "gap to G=1 vs groups per layer"),
+                              (a3, "most distinct inputs a sparse layer reads, min(W, W/G * K)",
+                               "gap to G=1 vs distinct inputs read")):
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.axhline(-1.0, color="red", lw=0.8, ls=":", label="1 point below G=1")
+        _axes(ax, xlabel, "accuracy - mean G=1 at the same width (points)", title, 7)
     _save(fig, png_path)
 
 
