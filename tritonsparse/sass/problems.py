@@ -135,12 +135,15 @@ def _calls(p: Problem):
                 if p.G > 1:
                     from ..group_ops import group_condensed_matmul
 
-                    return group_condensed_matmul(xx, vv, idx, dx_mode=p.dx_mode), g
-                return tritonsparse.condensed_matmul(xx, vv, idx), g
+                    return group_condensed_matmul(xx, vv, idx, dx_mode=p.dx_mode), g, (xx, vv)
+                return tritonsparse.condensed_matmul(xx, vv, idx), g, (xx, vv)
 
         def backward(state):
-            y, g = state
-            y.backward(g)
+            # the op's backward alone: torch.autograd.grad runs no AccumulateGrad, whose copy
+            # here would be an artifact (the captured launches keep the gradient buffers
+            # alive, so autograd could not take them over as it does in training)
+            y, g, leaves = state
+            torch.autograd.grad(y, [t for t in leaves if t.requires_grad], g)
 
         return prepare, forward, (backward if p.role != "fwd" else None)
     if p.role == "topk":

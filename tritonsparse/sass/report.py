@@ -91,10 +91,12 @@ def _gather_slice(p: Problem, cfg: dict) -> float | None:
     return None
 
 
-# Kernels that do none of the op's multiply-adds: a reduction of fp32 partial sums. Their
-# time is their bytes: {kernel name: f(problem, launch args) -> (trips of the loop, output bytes)}.
-def _reduce_cost(p: Problem, args: dict) -> tuple[int, float]:
-    return int(args["splits"]), int(args["numel"]) * M.elem_bytes(p.dtype)
+# Kernels that do none of the op's multiply-adds: a reduction of fp32 partial sums (read
+# from L2, where the kernel before wrote them). {kernel name: f(problem, launch args, config
+# kwargs) -> (bytes one CTA loads, compulsory output bytes)}; the trips of the loop follow
+# from the first and the loop's loads in the SASS (the compiler unrolls it).
+def _reduce_cost(p: Problem, args: dict, kw: dict) -> tuple[int, float]:
+    return int(args["splits"]) * kw["BLOCK"] * 4, int(args["numel"]) * M.elem_bytes(p.dtype)
 
 
 _REDUCE_KERNELS = {"_dw_reduce_kernel": _reduce_cost}
@@ -141,22 +143,25 @@ def analyze(p: Problem, arch: int = 90, gpu: M.GPU = M.H100_SXM, fp_fusion=None,
         if max_configs is not None:
             cfgs = cfgs[:max_configs]
         g0, sub = ctas_all[li], subs[li]
-        if launch.name in _REDUCE_KERNELS:  # no multiply-adds; its loop runs once per partial
-            trips, out_bytes = _REDUCE_KERNELS[launch.name](p, launch.args)
-            fmas, hbm_l, slice_fn = 0, out_bytes, (lambda kw: None)
-        else:
+        reduce_cost = _REDUCE_KERNELS.get(launch.name)
+        if reduce_cost is None:
             share = (g0[0] * g0[1] * g0[2]) / total_first[sub.role]  # this launch's share of its role's work
-            trips, fmas, hbm_l = None, int(sub.useful_fmas * share), _bytes(sub)[0] * share
-            slice_fn = (lambda kw, sub=sub: _gather_slice(sub, kw))
+            fmas, hbm_l = int(sub.useful_fmas * share), _bytes(sub)[0] * share
         for cfg in cfgs:
             spec = launch.specialization(cfg, arch=arch, fp_fusion=fp_fusion)
             compiled = compile_spec(spec)
             usage = resource_usage(compiled.asm["cubin"])
             summ = summarize(disassemble(compiled.asm["cubin"]))
             g = launch.grid_for(cfg)
+            if reduce_cost is None:
+                trips, slice_bytes = None, _gather_slice(sub, cfg.kwargs)
+            else:  # no multiply-adds: the loop's trips are the CTA's loads over one trip's
+                cta_bytes, hbm_l = reduce_cost(p, launch.args, cfg.kwargs)
+                per_trip = cfg.num_warps * (summ.loop_counts or {}).get("ldg_bytes", 0)
+                trips, fmas, slice_bytes = max(1, math.ceil(cta_bytes / per_trip)) if per_trip else None, 0, None
             t = M.kernel_time(summ, regs=usage["regs"], shared=max(usage["shared"], compiled.metadata.shared),
                               warps=cfg.num_warps, ctas=g[0] * g[1] * g[2], useful_fmas=fmas,
-                              hbm_bytes=hbm_l, gather_slice_bytes=slice_fn(cfg.kwargs), gpu=gpu, trips=trips)
+                              hbm_bytes=hbm_l, gather_slice_bytes=slice_bytes, gpu=gpu, trips=trips)
             out.append(ConfigResult(p, li, launch.name, dict(cfg.kwargs), cfg.num_warps, cfg.num_stages, arch, usage,
                                     summ.loop_counts or {}, t, len(summ.loops)))
     return out
