@@ -286,6 +286,10 @@ def test_bwd_capture_holds_one_dy_copy_and_both_kernels():
     assert dx["ops"].count("clone") == 1 and dw["ops"].count("clone") == 1, got
     assert bwd["ops"].count("clone") == 1, got  # dY made batch-major once
     assert sorted(bwd["ops"] + ["clone"]) == sorted(dx["ops"] + dw["ops"]), got
+    # what is left around the kernels: the dY copy; no index_select of the values (dX reads
+    # them through the permutation), no sum or cast of the partials (the reduce kernel)
+    assert bwd["ops"] == ["clone"], got
+    assert "_dw_reduce_kernel" in bwd["launches"], got
 
 
 def test_bwd_problem_counts_both_products():

@@ -62,3 +62,69 @@ def test_split_dw_launches_the_reduce_kernel_not_torch_ops(monkeypatch):
     mod.condensed_dw(x.t().contiguous().bfloat16(), g.t().contiguous().bfloat16(), random_indices(6, 4, 13), out,
                      splits=3)
     assert calls == [(3, 6, 4)] and not out.isnan().any()
+
+
+@interpreter_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("batch,in_f,n,K", [(1, 13, 7, 5), (5, 29, 19, 6), (37, 33, 11, 9)],
+                         ids=["b1", "b5-odd", "b37-wide"])
+def test_dx_through_the_permutation_equals_the_permuted_copy(dtype, batch, in_f, n, K):
+    """csr_gather reading values[perm[p]] gives exactly what it gives on the copy
+    values.flatten()[perm] (same values, same order of accumulation)."""
+    from helpers import random_indices
+
+    from tritonsparse._structure import transpose_structure
+    from tritonsparse.kernels.csr_gather import csr_gather
+
+    indices = random_indices(n, K, in_f, torch.int32)
+    values = torch.randn(n, K).to(dtype)
+    gT = torch.randn(n, batch).to(dtype)
+    crow, rows, perm = transpose_structure(indices, in_f)
+    via_perm = torch.full((batch, in_f), float("nan"), dtype=dtype)
+    copied = torch.full((batch, in_f), float("nan"), dtype=dtype)
+    csr_gather(gT, crow, rows, values.reshape(-1), via_perm, val_perm=perm.to(torch.int32))
+    csr_gather(gT, crow, rows, values.reshape(-1)[perm], copied)
+    assert torch.equal(via_perm, copied)
+    ref = (gT.double().t() @ torch.zeros(n, in_f, dtype=torch.float64).scatter_add_(
+        1, indices.long(), values.double()))
+    torch.testing.assert_close(via_perm.double(), ref, rtol=0.05 if dtype != torch.float32 else 1e-5, atol=0.05)
+
+
+def test_csr_gather_rejects_a_bad_permutation():
+    from tritonsparse.kernels.csr_gather import csr_gather
+
+    crow, col = torch.tensor([0, 1, 2], dtype=torch.int32), torch.tensor([0, 1], dtype=torch.int32)
+    val, out = torch.randn(2), torch.empty(3, 2)
+    with pytest.raises(ValueError, match="val_perm"):
+        csr_gather(torch.randn(2, 3), crow, col, val, out, val_perm=torch.tensor([0, 1, 0]))
+    with pytest.raises(ValueError, match="val_perm"):
+        csr_gather(torch.randn(2, 3), crow, col, val, out, val_perm=torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="val_perm"):
+        csr_gather(torch.randn(2, 3), crow, col, torch.randn(2, 2)[:, 0], out, val_perm=torch.tensor([0, 1]))
+
+
+@interpreter_only
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous-values", "strided-values"])
+def test_backward_dx_without_index_select(monkeypatch, contiguous):
+    """The Triton backward computes dX with no index_select of the values when they are
+    contiguous (a strided values tensor still takes the permuted copy) and matches the
+    reference for both."""
+    from helpers import random_indices
+
+    import tritonsparse
+    from tritonsparse.reference import condensed_grad_reference
+
+    selects = []
+    real = torch.Tensor.index_select
+    monkeypatch.setattr(torch.Tensor, "index_select", lambda self, *a: selects.append(1) or real(self, *a))
+    n, K, in_f, batch = 9, 5, 23, 6
+    indices = random_indices(n, K, in_f, torch.int32)
+    values = torch.randn(n, K) if contiguous else torch.randn(K, n).t()  # (n, K) either way
+    values.requires_grad_(True)
+    x = torch.randn(batch, in_f, requires_grad=True)
+    g = torch.randn(batch, n)
+    gx, gv = torch.autograd.grad(tritonsparse.condensed_matmul(x, values, indices), (x, values), g)
+    assert (len(selects) == 0) == contiguous
+    rx, rv = condensed_grad_reference(x.detach().double(), values.detach().double(), indices, g.double())
+    torch.testing.assert_close(gx.double(), rx, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gv.double(), rv, rtol=1e-5, atol=1e-5)
