@@ -301,7 +301,8 @@ def test_bwd_problem_counts_both_products():
     assert p.useful_fmas == Problem("dx", 768, 3072, 77, 256).useful_fmas + Problem("dw", 768, 3072, 77, 256).useful_fmas
     assert p.dense_fmas == 2 * 256 * 768 * 3072
     assert launch_role(p, "_csr_gather_kernel") == "dx" and launch_role(p, "_condensed_dw_kernel") == "dw"
-    assert launch_role(p, "_group_dx_kernel") == "dx" and launch_role(Problem("dx", 768, 3072, 77, 256), "x") == "dx"
+    assert launch_role(p, "_group_dx_kernel") == "dx" and launch_role(p, "_column_reduce_kernel") == "dx"
+    assert launch_role(p, "_dw_reduce_kernel") == "dw" and launch_role(Problem("dx", 768, 3072, 77, 256), "x") == "dx"
     assert step_roles(lambda r: True) == ("fwd", "bwd")
     assert step_roles(lambda r: r != "bwd") == ("fwd", "dx", "dw")
     assert step_roles(lambda r: r == "fwd") == ()

@@ -104,11 +104,12 @@ _REDUCE_KERNELS = {"_dw_reduce_kernel": _reduce_cost}
 
 def launch_role(p: Problem, kernel_name: str) -> str:
     """The role a launch of ``p`` serves: ``p.role``, except in a ``bwd`` problem, where a
-    CSR gather or a group dX kernel serves ``dx`` and every other launch ``dw``."""
+    CSR gather or a group dX kernel (and its column reduction) serves ``dx`` and every
+    other launch ``dw``."""
     if p.role != "bwd":
         return p.role
     name = kernel_name.lower()
-    return "dx" if ("csr_gather" in name or "dx" in name) else "dw"
+    return "dx" if any(s in name for s in ("csr_gather", "dx", "column_reduce")) else "dw"
 
 
 def analyze(p: Problem, arch: int = 90, gpu: M.GPU = M.H100_SXM, fp_fusion=None, configs=None,
