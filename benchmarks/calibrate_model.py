@@ -893,7 +893,7 @@ def build_records(published: list[dict], max_configs: int = 8, progress: bool = 
 
 
 LATENCY_SWEEP = (300.0, 600.0, 1000.0, 1500.0)
-CONCLUSION_ROLES = ("fwd", "dx", "dw", "topk")  # the issue-8 problems re-modeled (conv is not an issue-8 target)
+CONCLUSION_ROLES = ("fwd", "dx", "dw", "bwd", "topk")  # the issue-8 problems re-modeled (conv is not an issue-8 target)
 
 
 def conclusions(params: dict, band: float, out_csv: str, max_configs: int | None = None,

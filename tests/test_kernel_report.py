@@ -150,7 +150,7 @@ def test_kernel_time_terms_follow_the_counts():
 # -- problems and bad input ------------------------------------------------------------------
 def test_problem_validation_names_the_argument():
     with pytest.raises(ValueError, match="role"):
-        Problem("bwd", 8, 8, 2, 4)
+        Problem("backward", 8, 8, 2, 4)
     with pytest.raises(ValueError, match="dtype"):
         Problem("fwd", 8, 8, 2, 4, dtype="fp8")
     with pytest.raises(ValueError, match="index_dtype"):
@@ -267,3 +267,47 @@ def test_capture_models_the_cuda_steady_state_not_the_cpu_checks():
     got = json.loads(_run(["-c", script], timeout=300).strip().splitlines()[-1])
     assert "aminmax" not in got["ops"] and "clone" in got["ops"], got  # the batch-major copy of x stays
     assert "out of range" in got["err"]  # the CPU's per-call check still runs outside the report
+
+
+@linux_only
+def test_bwd_capture_holds_one_dy_copy_and_both_kernels():
+    """A training step's backward computes dX and dValues in ONE call: the ``bwd`` problem
+    captures that call, so it holds the launches of ``dx`` and ``dw`` together but the
+    batch-major copy of dY (a ``clone``) once, where ``dx`` + ``dw`` charge it twice.
+    Batch 96 makes dValues split the batch (partial sums to reduce)."""
+    script = (
+        "import json\n"
+        "from tritonsparse.sass.problems import Problem, capture\n"
+        "out = {}\n"
+        "for role in ('dx', 'dw', 'bwd'):\n"
+        "    got, ops = capture(Problem(role, 1024, 64, 12, 96))\n"
+        "    out[role] = {'launches': [g.name for g in got], 'ops': [o.name for o in ops]}\n"
+        "print(json.dumps(out))\n"
+    )
+    got = json.loads(_run(["-c", script], timeout=300).strip().splitlines()[-1])
+    dx, dw, bwd = got["dx"], got["dw"], got["bwd"]
+    assert sorted(bwd["launches"]) == sorted(dx["launches"] + dw["launches"]), got
+    assert any("csr_gather" in n for n in bwd["launches"]) and any("dw" in n for n in bwd["launches"]), got
+    assert dx["ops"].count("clone") == 1 and dw["ops"].count("clone") == 1, got
+    assert bwd["ops"].count("clone") == 1, got  # dY made batch-major once
+    assert sorted(bwd["ops"] + ["clone"]) == sorted(dx["ops"] + dw["ops"]), got
+    # what is left around the kernels: the dY copy; no index_select of the values (dX reads
+    # them through the permutation), no sum or cast of the partials (the reduce kernel)
+    assert bwd["ops"] == ["clone"], got
+    assert "_dw_reduce_kernel" in bwd["launches"], got
+
+
+def test_bwd_problem_counts_both_products():
+    """The bwd problem's work is dX's plus dValues' (and two dense GEMMs), and its launches
+    are told apart by kernel: the CSR gather serves dX, the rest dValues."""
+    from tritonsparse.sass.report import launch_role, step_roles
+
+    p = Problem("bwd", 768, 3072, 77, 256)
+    assert p.useful_fmas == Problem("dx", 768, 3072, 77, 256).useful_fmas + Problem("dw", 768, 3072, 77, 256).useful_fmas
+    assert p.dense_fmas == 2 * 256 * 768 * 3072
+    assert launch_role(p, "_csr_gather_kernel") == "dx" and launch_role(p, "_condensed_dw_kernel") == "dw"
+    assert launch_role(p, "_group_dx_kernel") == "dx" and launch_role(p, "_column_reduce_kernel") == "dx"
+    assert launch_role(p, "_dw_reduce_kernel") == "dw" and launch_role(Problem("dx", 768, 3072, 77, 256), "x") == "dx"
+    assert step_roles(lambda r: True) == ("fwd", "bwd")
+    assert step_roles(lambda r: r != "bwd") == ("fwd", "dx", "dw")
+    assert step_roles(lambda r: r == "fwd") == ()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import cpu
+from ._cache import memo_of
 from ._structure import Pattern, pattern_for
 from ._triton import backend_for
 from ._validate import FLOAT_DTYPES, INDEX_DTYPES, check_same_device, check_tensor, is_symbolic
@@ -85,14 +86,28 @@ def _backward(grad2, x_saved, transposed, values, indices, need_x: bool, need_va
     grad_t = _batch_major(grad2)  # (n, B_pad): the batch is contiguous for both gathers
     if need_x:
         crow, rows, perm = pattern.transposed(indices)
-        vals_t = values.reshape(-1).index_select(0, perm)
         grad_x = torch.empty(grad_t.shape[1], in_features, dtype=grad2.dtype, device=grad2.device)
-        grad_x = csr_gather(grad_t, crow, rows, vals_t, grad_x)[:batch]
+        if values.is_contiguous():  # the kernel reads values[perm[p]]: no permuted copy per call
+            grad_x = csr_gather(grad_t, crow, rows, values.reshape(-1), grad_x, val_perm=_perm32(perm))[:batch]
+        else:
+            grad_x = csr_gather(grad_t, crow, rows, values.reshape(-1).index_select(0, perm), grad_x)[:batch]
     if need_values:
         x_t = x_saved if transposed else _batch_major(x_saved)
         grad_values = torch.empty(values.shape, dtype=values.dtype, device=values.device)
         condensed_dw(x_t, grad_t, indices, grad_values)
     return grad_x, grad_values
+
+
+def _perm32(perm):
+    """The CSC permutation of a pattern as int32 when its positions fit (half the bytes the
+    dX kernel loads per nonzero), made once per transposed structure (kept in its memo)."""
+    if perm.dtype == torch.int32 or perm.numel() >= 2**31 - 1:
+        return perm
+    memo = memo_of(perm)
+    got = memo.get("perm32")
+    if got is None:
+        got = memo["perm32"] = perm.to(torch.int32)
+    return got
 
 
 def _grad_bias(grad2, dtype):

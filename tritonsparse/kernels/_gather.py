@@ -45,24 +45,45 @@ def _gather_offsets(idx, stride_xt_i, INT64: tl.constexpr):
 
 
 @triton.jit
+def _load_vals(v_p, vals_ptr, mask, VPERM: tl.constexpr, MASKED: tl.constexpr):
+    """The values at ``v_p``, or with ``VPERM`` the values ``vals_ptr[perm]`` of the
+    positions ``perm`` stored at ``v_p`` (dX reading the condensed values in their own
+    order through the CSC permutation, instead of a permuted copy made per call). Masked
+    slots give 0 (and read no value)."""
+    if VPERM:
+        if MASKED:
+            val = tl.load(vals_ptr + tl.load(v_p, mask=mask, other=0), mask=mask, other=0.0)
+        else:
+            val = tl.load(vals_ptr + tl.load(v_p))
+    else:
+        if MASKED:
+            val = tl.load(v_p, mask=mask, other=0.0)
+        else:
+            val = tl.load(v_p)
+    return val
+
+
+@triton.jit
 def rows_step(acc_a, acc_b, i_ptrs, v_ptrs, x_cols, lim_a, lim_b, stride_xt_i, k, kmax, stride_k_i, stride_k_v,
-              HALF: tl.constexpr, UNROLL: tl.constexpr, MASKED: tl.constexpr, INT64: tl.constexpr):
+              vals_ptr, HALF: tl.constexpr, UNROLL: tl.constexpr, MASKED: tl.constexpr, INT64: tl.constexpr,
+              VPERM: tl.constexpr):
     """``UNROLL`` nonzeros k, k+1, ... of every row into the 2-D accumulators.
 
     The batch tile is two halves of ``HALF`` columns (``acc_a``, ``acc_b``; x_cols points
     at the first half, the second is ``HALF`` elements further), so a thread holds two
     128-bit vectors of each of its rows and one index / value load feeds 8 FMAs.
     i_ptrs, v_ptrs: (BLOCK_N,) pointers to each row's first nonzero; lim_a, lim_b: (HALF,)
-    uint32; kmax: (BLOCK_N,) end of each row's nonzeros (used only if MASKED)."""
+    uint32; kmax: (BLOCK_N,) end of each row's nonzeros (used only if MASKED); vals_ptr,
+    VPERM: see :func:`_load_vals`."""
     for u in tl.static_range(UNROLL):
         kk = k + u
         if MASKED:
             ok = kk < kmax
             idx = tl.load(i_ptrs + kk * stride_k_i, mask=ok, other=-1)
-            val = tl.load(v_ptrs + kk * stride_k_v, mask=ok, other=0.0)
         else:
+            ok = None
             idx = tl.load(i_ptrs + kk * stride_k_i)
-            val = tl.load(v_ptrs + kk * stride_k_v)
+        val = _load_vals(v_ptrs + kk * stride_k_v, vals_ptr, ok, VPERM, MASKED)
         idx = idx.to(tl.int32)
         ui = idx.to(tl.uint32, bitcast=True)[:, None]
         x_p = x_cols[None, :] + _gather_offsets(idx, stride_xt_i, INT64)[:, None]
@@ -75,7 +96,8 @@ def rows_step(acc_a, acc_b, i_ptrs, v_ptrs, x_cols, lim_a, lim_b, stride_xt_i, k
 
 
 @triton.jit
-def _load_slots(i_ptrs, v_ptrs, k, kmax, stride_k_i, stride_k_v, BLOCK_K: tl.constexpr, MASKED: tl.constexpr):
+def _load_slots(i_ptrs, v_ptrs, k, kmax, stride_k_i, stride_k_v, vals_ptr, BLOCK_K: tl.constexpr,
+                MASKED: tl.constexpr, VPERM: tl.constexpr):
     """(BLOCK_N, BLOCK_K) indices (int32; -1 in dead slots) and values of nonzeros k.."""
     ks = k + tl.arange(0, BLOCK_K)
     i_p = i_ptrs[:, None] + ks[None, :] * stride_k_i
@@ -83,16 +105,16 @@ def _load_slots(i_ptrs, v_ptrs, k, kmax, stride_k_i, stride_k_v, BLOCK_K: tl.con
     if MASKED:
         ok = ks[None, :] < kmax[:, None]
         idx = tl.load(i_p, mask=ok, other=-1)
-        val = tl.load(v_p, mask=ok, other=0.0)
     else:
+        ok = None
         idx = tl.load(i_p)
-        val = tl.load(v_p)
-    return idx.to(tl.int32), val
+    return idx.to(tl.int32), _load_vals(v_p, vals_ptr, ok, VPERM, MASKED)
 
 
 @triton.jit
-def chunk_step(acc, i_ptrs, v_ptrs, x_cols, lim, x_col, lim1, stride_xt_i, k, kmax, stride_k_i, stride_k_v,
-               BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, MASKED: tl.constexpr, INT64: tl.constexpr):
+def chunk_step(acc, i_ptrs, v_ptrs, x_cols, lim, x_col, lim1, stride_xt_i, k, kmax, stride_k_i, stride_k_v, vals_ptr,
+               BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, MASKED: tl.constexpr, INT64: tl.constexpr,
+               VPERM: tl.constexpr):
     """Nonzeros k .. k+BLOCK_K-1 of every row into the 3-D accumulator (arguments as in
     :func:`rows_step`; the K axis of ``acc`` is summed by the caller after the loop).
 
@@ -100,7 +122,7 @@ def chunk_step(acc, i_ptrs, v_ptrs, x_cols, lim, x_col, lim1, stride_xt_i, k, km
     the gather reads through the scalar pointer ``x_col`` with the scalar limit ``lim1``:
     the gather then has the shape of the index load, so Triton gives both one layout (no
     conversion, whatever the tile size)."""
-    idx, val = _load_slots(i_ptrs, v_ptrs, k, kmax, stride_k_i, stride_k_v, BLOCK_K, MASKED)
+    idx, val = _load_slots(i_ptrs, v_ptrs, k, kmax, stride_k_i, stride_k_v, vals_ptr, BLOCK_K, MASKED, VPERM)
     off = _gather_offsets(idx, stride_xt_i, INT64)
     if BLOCK_B == 1:
         xg = tl.load(x_col + off, mask=idx.to(tl.uint32, bitcast=True) < lim1, other=0.0)
@@ -114,14 +136,15 @@ def chunk_step(acc, i_ptrs, v_ptrs, x_cols, lim, x_col, lim1, stride_xt_i, k, km
 @triton.jit
 def gather_rows(i_ptrs, v_ptrs, xT_ptr, col0, B, in_features, stride_xt_i, k_lo, k_full, kmax, stride_k_i, stride_k_v,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, UNROLL: tl.constexpr,
-                MASK_MAIN: tl.constexpr, INT64: tl.constexpr):
+                MASK_MAIN: tl.constexpr, INT64: tl.constexpr, vals_ptr=None, VPERM: tl.constexpr = False):
     """The whole fan-in walk of a row tile over batch columns col0 .. col0+BLOCK_B-1.
 
     Nonzeros k_lo .. kmax[r] of each row r (kmax: (BLOCK_N,)); the main loop covers
     [k_lo, k_lo + k_full) in whole steps (masked only if ``MASK_MAIN``: rows of unequal
     length), the tail after it is masked. Tiles with BLOCK_K == 1 take :func:`rows_step`
     (BLOCK_B >= 2 columns, in two halves),
-    otherwise :func:`chunk_step`. Returns the
+    otherwise :func:`chunk_step`. With ``VPERM``, ``v_ptrs`` point at positions into
+    ``vals_ptr`` rather than at values (see :func:`_load_vals`). Returns the
     (BLOCK_N, BLOCK_B) fp32 sums."""
     cols = col0 + tl.arange(0, BLOCK_B)
     x_cols = xT_ptr + cols
@@ -136,10 +159,10 @@ def gather_rows(i_ptrs, v_ptrs, xT_ptr, col0, B, in_features, stride_xt_i, k_lo,
         acc_b = tl.zeros((BLOCK_N, HALF), dtype=tl.float32)
         for k in range(k_lo, k_lo + k_full, UNROLL):
             acc_a, acc_b = rows_step(acc_a, acc_b, i_ptrs, v_ptrs, xa_cols, lim_a, lim_b, stride_xt_i, k, kmax,
-                                     stride_k_i, stride_k_v, HALF, UNROLL, MASK_MAIN, INT64)
+                                     stride_k_i, stride_k_v, vals_ptr, HALF, UNROLL, MASK_MAIN, INT64, VPERM)
         for k in range(k_lo + k_full, tl.max(kmax, axis=0)):
             acc_a, acc_b = rows_step(acc_a, acc_b, i_ptrs, v_ptrs, xa_cols, lim_a, lim_b, stride_xt_i, k, kmax,
-                                     stride_k_i, stride_k_v, HALF, 1, True, INT64)
+                                     stride_k_i, stride_k_v, vals_ptr, HALF, 1, True, INT64, VPERM)
         return tl.join(acc_a, acc_b).permute(0, 2, 1).reshape(BLOCK_N, BLOCK_B)
     else:
         x_col = xT_ptr + col0
@@ -151,10 +174,10 @@ def gather_rows(i_ptrs, v_ptrs, xT_ptr, col0, B, in_features, stride_xt_i, k_lo,
         for k in range(k_lo, k_lo + k_full, BLOCK_K * UNROLL):
             for u in tl.static_range(UNROLL):
                 acc = chunk_step(acc, i_ptrs, v_ptrs, x_cols, lim, x_col, lim1, stride_xt_i, k + u * BLOCK_K, kmax,
-                                 stride_k_i, stride_k_v, BLOCK_K, BLOCK_B, MASK_MAIN, INT64)
+                                 stride_k_i, stride_k_v, vals_ptr, BLOCK_K, BLOCK_B, MASK_MAIN, INT64, VPERM)
         for k in range(k_lo + k_full, tl.max(kmax, axis=0), BLOCK_K):
             acc = chunk_step(acc, i_ptrs, v_ptrs, x_cols, lim, x_col, lim1, stride_xt_i, k, kmax, stride_k_i,
-                             stride_k_v, BLOCK_K, BLOCK_B, True, INT64)
+                             stride_k_v, vals_ptr, BLOCK_K, BLOCK_B, True, INT64, VPERM)
         out = tl.sum(acc, axis=1)
         if BLOCK_B == 1:
             out = out[:, None]

@@ -7,9 +7,10 @@ of the batch: per tile it loads the indices once, then walks the slice in chunks
 BLOCK_B, gathering ``xT[indices, b0:b0+BLOCK_B]`` (contiguous along the batch) and
 multiplying it by the matching ``grad_yT`` (n, B) chunk into a 3-D (BLOCK_N, BLOCK_K,
 BLOCK_B) fp32 accumulator; the batch axis is reduced once per tile, after the loop (no
-shuffle or barrier in the hot loop). Each slice writes an fp32 partial sum of n x K; the
-slices are summed after the kernel (deterministic: no atomics). With one slice the kernel
-writes the output directly.
+shuffle or barrier in the hot loop). Each slice writes an fp32 partial sum of n x K; a
+second small kernel (:func:`_dw_reduce_kernel`) sums the slices in slice order and writes
+the values' dtype (deterministic: no atomics; one launch where a PyTorch ``sum`` and a
+cast were two). With one slice the kernel writes the output directly.
 
 Why slices: a program that walks the whole batch streams a B-long row of x per gathered
 slot, and those rows (in_features x B x element size: 3 MB for a 3072-wide fp32 layer at
@@ -130,6 +131,47 @@ def _condensed_dw_kernel(
         tl.store(dv_ptrs, dv.to(dv_ptr.dtype.element_ty), mask=nk_mask)
 
 
+@autotune(configs=[triton.Config({"BLOCK": 1024}, num_warps=4, num_stages=1)], key=[])
+@triton.jit
+def _dw_reduce_kernel(part_ptr, out_ptr, numel, K, splits, stride_s, stride_on, stride_ok,
+                      OUT_FLAT: tl.constexpr, BLOCK: tl.constexpr):
+    """out[j, k] = sum over s = 0, 1, ... of part[s, j, k] (in that order: deterministic),
+    cast to out's dtype. ``part``: (splits, n, K) contiguous fp32 partials, flattened per
+    slice (``numel = n * K``); ``out`` at its strides, or flat when ``OUT_FLAT``."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    ptrs = part_ptr + offs
+    for _ in range(splits):
+        acc += tl.load(ptrs, mask=mask, other=0.0)
+        ptrs += stride_s  # 64-bit pointers: no int32 product to overflow
+    if OUT_FLAT:
+        out_ptrs = out_ptr + offs
+    else:
+        rows = offs // K
+        out_ptrs = out_ptr + rows * stride_on + (offs - rows * K) * stride_ok
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def reduce_partials(part: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out.copy_(part.sum(0))`` in one launch: the (splits, n, K) fp32 partial sums of the
+    batch slices added in slice order (deterministic), written in ``out``'s dtype at its
+    strides."""
+    splits, n, K = part.shape
+    if not part.is_contiguous() or part.dtype != torch.float32:
+        raise ValueError("part must be a contiguous fp32 (splits, n, K) tensor")
+    if out.shape != (n, K):
+        raise ValueError(f"out must have shape {(n, K)}, got {tuple(out.shape)}")
+    numel = n * K
+    if numel == 0:
+        return out
+    flat = out.is_contiguous()
+    with launch_device(part):
+        _dw_reduce_kernel[lambda meta: (triton.cdiv(numel, meta["BLOCK"]),)](
+            part, out, numel, K, splits, part.stride(0), out.stride(0), out.stride(1), OUT_FLAT=flat)
+    return out
+
+
 # -- the batch split --------------------------------------------------------------------
 _L1_BYTES = 192 * 1024  # L1 an SM can give to cached x columns (of 256 KB with shared memory)
 _MIN_SLICE = 32  # columns per slice when x fits in L1 anyway: partial sums <= 0.25 B per FMA
@@ -209,7 +251,7 @@ def condensed_dw(xT, grad_yT, indices, out, splits=None):
             stride_s, dst.stride(-2), dst.stride(-1),
         )
     if splits > 1:
-        out.copy_(dst.sum(0))
+        reduce_partials(dst, out)
     return out
 
 
@@ -218,9 +260,13 @@ def _aot_specs():
     ints = {k: "i32" for k in ("B", "n", "K", "in_features", "b_per_split", "n_bucket", "k_bucket", "b_bucket",
                                 "stride_xt_i", "stride_gyt_n", "stride_i_n", "stride_i_k",
                                 "stride_dv_s", "stride_dv_n", "stride_dv_k")}
+    red = {k: "i32" for k in ("numel", "K", "splits", "stride_s", "stride_on", "stride_ok")}
     return [
         (_condensed_dw_kernel, {"xT_ptr": f"*{dt}", "gyT_ptr": f"*{dt}", "indices_ptr": f"*{it}", "dv_ptr": f"*{ot}", **ints}, {})
         for dt, it, ot in (("fp32", "i32", "fp32"), ("bf16", "i16", "bf16"))
+    ] + [
+        (_dw_reduce_kernel, {"part_ptr": "*fp32", "out_ptr": f"*{ot}", **red}, {"OUT_FLAT": flat})
+        for ot in ("fp32", "bf16") for flat in (True, False)
     ]
 
 

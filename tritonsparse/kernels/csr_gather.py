@@ -55,11 +55,11 @@ _STACK_TILES = {(32, 1, 32, 4, 2), (32, 1, 64, 4, 4), (32, 1, 128, 2, 4)}
 )
 @triton.jit(do_not_specialize=["n_bucket", "len_bucket", "b_bucket"])
 def _csr_gather_kernel(
-    inT_ptr, starts_ptr, ends_ptr, col_ptr, val_ptr, order_ptr, bias_ptr, out_ptr,
+    inT_ptr, starts_ptr, ends_ptr, col_ptr, val_ptr, vperm_ptr, order_ptr, bias_ptr, out_ptr,
     B, n_rows, n_cols, n_bucket, len_bucket, b_bucket,
     stride_in_r, stride_bias,
     stride_out_b, stride_out_r,
-    HAS_ORDER: tl.constexpr, HAS_BIAS: tl.constexpr, INT64: tl.constexpr,
+    HAS_ORDER: tl.constexpr, HAS_BIAS: tl.constexpr, INT64: tl.constexpr, HAS_VPERM: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, UNROLL: tl.constexpr,
 ):
     # program id -> (row tile, batch tile); row tiles vary fastest
@@ -90,8 +90,12 @@ def _csr_gather_kernel(
     # whole steps up to the shortest row need no mask (rows of a tile have similar
     # lengths when the plan orders them); the rest, to the longest row, is masked
     k_full = (tl.min(length, axis=0) // step) * step
-    acc = gather_rows(col_ptr + start, val_ptr + start, inT_ptr, pid_b * BLOCK_B, B, n_cols, stride_in_r,
-                      0, k_full, length, 1, 1, BLOCK_N, BLOCK_K, BLOCK_B, UNROLL, False, INT64)
+    if HAS_VPERM:  # nonzero p's value is val[vperm[p]] (see csr_gather)
+        acc = gather_rows(col_ptr + start, vperm_ptr + start, inT_ptr, pid_b * BLOCK_B, B, n_cols, stride_in_r,
+                          0, k_full, length, 1, 1, BLOCK_N, BLOCK_K, BLOCK_B, UNROLL, False, INT64, val_ptr, True)
+    else:
+        acc = gather_rows(col_ptr + start, val_ptr + start, inT_ptr, pid_b * BLOCK_B, B, n_cols, stride_in_r,
+                          0, k_full, length, 1, 1, BLOCK_N, BLOCK_K, BLOCK_B, UNROLL, False, INT64)
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rows * stride_bias).to(tl.float32)[:, None]
@@ -145,7 +149,7 @@ def make_plan(crow: torch.Tensor, split_factor: float | None = None, min_segment
                       n_segments, seg_len)
 
 
-def _launch(inT, starts, ends, col, val, out, bias, order, n_rows, avg_len):
+def _launch(inT, starts, ends, col, val, out, bias, order, n_rows, avg_len, val_perm=None):
     B, n_cols = inT.shape[1], inT.shape[0]
     if n_rows == 0 or B == 0:
         return
@@ -157,25 +161,30 @@ def _launch(inT, starts, ends, col, val, out, bias, order, n_rows, avg_len):
     with launch_device(inT):
         _csr_gather_kernel[grid](
             inT, starts, ends, col, val,
+            val_perm if val_perm is not None else starts,
             order if order is not None else starts,
             bias if bias is not None else val,
             out,
             B, n_rows, n_cols, size_bucket(n_rows), size_bucket(max(1, int(avg_len))), batch_bucket(B),
             inT.stride(0), bias.stride(0) if bias is not None else 0,
             out.stride(0), out.stride(1),
-            HAS_ORDER=order is not None, HAS_BIAS=bias is not None, INT64=int64,
+            HAS_ORDER=order is not None, HAS_BIAS=bias is not None, INT64=int64, HAS_VPERM=val_perm is not None,
         )
 
 
-def csr_gather(inT, crow, col, val, out, bias=None, row_order=None, plan: GatherPlan | None = None):
+def csr_gather(inT, crow, col, val, out, bias=None, row_order=None, plan: GatherPlan | None = None, val_perm=None):
     """Launch the CSR row-gather kernel.
 
     inT: (n_cols, B) batch-contiguous (the dense operand, transposed); crow: (n_rows + 1,);
     col, val: (nnz,) contiguous; out: (B, n_rows), written in full; bias: (n_rows,) with
     any stride, or None; row_order: optional (n_rows,) permutation of the rows; plan: optional
     :class:`GatherPlan` of ``crow`` (from :func:`make_plan`), which replaces ``row_order``
-    and splits long rows. Column indices outside [0, n_cols) contribute nothing (they are
-    never read). Launches on the tensors' CUDA device (or in the interpreter).
+    and splits long rows; val_perm: optional (nnz,) int32 or int64 positions into ``val``
+    (then any contiguous 1-D tensor): nonzero p's value is ``val[val_perm[p]]``, so dX reads
+    the condensed values in their own order through the CSC permutation instead of a
+    permuted copy made on every call (one launch less). Column indices outside [0, n_cols)
+    contribute nothing (they are never read). Launches on the tensors' CUDA device (or in
+    the interpreter).
     """
     n_rows = crow.shape[0] - 1
     B = inT.shape[1]
@@ -184,6 +193,11 @@ def csr_gather(inT, crow, col, val, out, bias=None, row_order=None, plan: Gather
     if tuple(out.shape) != (B, n_rows):
         raise ValueError(f"out must have shape {(B, n_rows)}, got {tuple(out.shape)}")
     nnz = col.shape[0]
+    if val_perm is not None and (val_perm.shape != col.shape or val_perm.dtype not in (torch.int32, torch.int64)
+                                 or val.dim() != 1 or not val.is_contiguous()):
+        raise ValueError(f"val_perm must be an int32/int64 tensor shaped like col {tuple(col.shape)} with val a "
+                         f"contiguous 1-D tensor; got val_perm {tuple(val_perm.shape)} {val_perm.dtype}, "
+                         f"val {tuple(val.shape)}")
     if nnz == 0 or n_rows == 0 or B == 0:  # nothing to gather: the bias alone
         out.zero_()
         if bias is not None:
@@ -191,14 +205,14 @@ def csr_gather(inT, crow, col, val, out, bias=None, row_order=None, plan: Gather
         return out
     avg_len = nnz // max(n_rows, 1)
     if plan is None:
-        _launch(inT, crow, crow[1:], col, val, out, bias, row_order, n_rows, avg_len)
+        _launch(inT, crow, crow[1:], col, val, out, bias, row_order, n_rows, avg_len, val_perm)
         return out
-    _launch(inT, crow, crow[1:], col, val, out, bias, plan.order, plan.order.shape[0], avg_len)
+    _launch(inT, crow, crow[1:], col, val, out, bias, plan.order, plan.order.shape[0], avg_len, val_perm)
     n_long = plan.long_rows.shape[0]
     if n_long:
         ws = torch.empty(B, plan.n_segments, n_long, dtype=torch.float32, device=out.device)
         _launch(inT, plan.seg_start, plan.seg_end, col, val, ws.view(B, -1), None, None,
-                plan.seg_start.shape[0], plan.seg_len)
+                plan.seg_start.shape[0], plan.seg_len, val_perm)
         acc = ws.sum(1)
         if bias is not None:
             acc += bias[plan.long_rows].float()
@@ -210,17 +224,21 @@ def _aot_specs():
     """(kernel, signature, constexprs) for the ahead-of-time compile check: fp32 and bf16
     with int32 structure: the row-gather with order and bias (CSR forward; the dX and the
     fp32 segment pass are the same code with less of it) and the bf16 segment pass (fp32
-    workspace). The check merges each config's BLOCK_* in."""
+    workspace), and the condensed dX, which reads the values through the CSC permutation
+    (``HAS_VPERM``). The check merges each config's BLOCK_* in."""
     specs = []
-    variants = [("fp32", "fp32", True, True), ("bf16", "bf16", True, True), ("bf16", "fp32", False, False)]
-    for dt, out_dt, has_order, has_bias in variants:
+    variants = [("fp32", "fp32", True, True, False), ("bf16", "bf16", True, True, False),
+                ("bf16", "fp32", False, False, False), ("fp32", "fp32", False, False, True),
+                ("bf16", "bf16", False, False, True)]
+    for dt, out_dt, has_order, has_bias, has_vperm in variants:
         sig = {
             "inT_ptr": f"*{dt}", "starts_ptr": "*i32", "ends_ptr": "*i32", "col_ptr": "*i32",
-            "val_ptr": f"*{dt}", "order_ptr": "*i32", "bias_ptr": f"*{dt}", "out_ptr": f"*{out_dt}",
+            "val_ptr": f"*{dt}", "vperm_ptr": "*i32", "order_ptr": "*i32", "bias_ptr": f"*{dt}", "out_ptr": f"*{out_dt}",
             "B": "i32", "n_rows": "i32", "n_cols": "i32", "n_bucket": "i32", "len_bucket": "i32", "b_bucket": "i32",
             "stride_in_r": "i32", "stride_bias": "i32", "stride_out_b": "i32", "stride_out_r": "i32",
         }
-        specs.append((_csr_gather_kernel, sig, {"HAS_ORDER": has_order, "HAS_BIAS": has_bias, "INT64": False}))
+        specs.append((_csr_gather_kernel, sig, {"HAS_ORDER": has_order, "HAS_BIAS": has_bias, "INT64": False,
+                                                "HAS_VPERM": has_vperm}))
     return specs
 
 

@@ -7,7 +7,10 @@ the report sees exactly the kernels, arguments, grids and autotune prunes the li
 would use on a GPU, whatever the launchers do on the host. Roles:
 
   * ``fwd``: ``condensed_matmul`` forward;
-  * ``dx`` / ``dw``: its backward with only x / only the values requiring grad;
+  * ``dx`` / ``dw``: its backward with only x / only the values requiring grad (the
+    per-kernel view: each captures its own batch-major copy of dY);
+  * ``bwd``: ONE backward with both x and the values requiring grad, what a training
+    step runs (dY made batch-major once, then the dX and the dValues kernels);
   * ``topk``: ``gradient_topk`` (``K`` is k, ``Kx`` the excluded columns per row);
   * ``conv_fwd`` / ``conv_dw``: ``condensed_conv2d`` on a (batch, in, hw, hw) input with a
     3x3 kernel, padding 1 (``in`` is channels; ``K`` the fan-in over C·3·3).
@@ -18,7 +21,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-ROLES = ("fwd", "dx", "dw", "topk", "conv_fwd", "conv_dw")
+ROLES = ("fwd", "dx", "dw", "bwd", "topk", "conv_fwd", "conv_dw")
+LINEAR_ROLES = ("fwd", "dx", "dw", "bwd")  # condensed_matmul (or its group-shared form)
 _FLOAT = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _INDEX = {"int16": torch.int16, "int32": torch.int32, "int64": torch.int64}
 
@@ -36,7 +40,7 @@ class Problem:
     index_dtype: str = "int32"
     Kx: int = 0  # topk: excluded columns per row
     hw: int = 0  # conv: input height = width
-    G: int = 1  # fwd/dx/dw: rows sharing one index row (group-shared pattern, gather-MMA kernels)
+    G: int = 1  # fwd/dx/dw/bwd: rows sharing one index row (group-shared pattern, gather-MMA kernels)
     dx_mode: str = "deterministic"  # G > 1: the group dX mode ("deterministic" or "atomic")
     batch_major: bool = False  # G > 1, fwd: x arrives batch-major (a view of xT) and y is written so too
 
@@ -54,8 +58,8 @@ class Problem:
         fan_in = self.in_features * (9 if self.role.startswith("conv") else 1)
         if self.role != "topk" and self.K > fan_in:
             raise ValueError(f"K={self.K} exceeds the fan-in {fan_in} of in_features={self.in_features}")
-        if self.G != 1 and (self.role not in ("fwd", "dx", "dw") or self.G < 1 or self.out_features % self.G):
-            raise ValueError(f"G={self.G} needs role fwd/dx/dw and out_features divisible by G")
+        if self.G != 1 and (self.role not in LINEAR_ROLES or self.G < 1 or self.out_features % self.G):
+            raise ValueError(f"G={self.G} needs role fwd/dx/dw/bwd and out_features divisible by G")
         if self.batch_major and (self.G == 1 or self.role != "fwd"):
             raise ValueError("batch_major needs role fwd with G > 1 (group_condensed_matmul's batch_major_out)")
         if self.dx_mode not in ("deterministic", "atomic"):
@@ -71,13 +75,16 @@ class Problem:
         if self.role.startswith("conv"):
             core += f" {self.hw}x{self.hw}"
         if self.G > 1:
-            core += f" G={self.G}" + (" atomic" if self.dx_mode == "atomic" and self.role == "dx" else "")
+            core += f" G={self.G}" + (" atomic" if self.dx_mode == "atomic" and self.role in ("dx", "bwd") else "")
             core += " batch-major" if self.batch_major else ""
         return core
 
     @property
     def useful_fmas(self) -> int:
-        """Multiply-adds the op needs (the dense GEMM's for topk; per output pixel for conv)."""
+        """Multiply-adds the op needs (the dense GEMM's for topk; per output pixel for conv;
+        dX's and dValues' for bwd)."""
+        if self.role == "bwd":
+            return 2 * self.batch * self.out_features * self.K
         if self.role == "topk":
             return self.batch * self.in_features * self.out_features
         if self.role.startswith("conv"):
@@ -86,7 +93,9 @@ class Problem:
 
     @property
     def dense_fmas(self) -> int:
-        """Multiply-adds of the dense op of the same shape."""
+        """Multiply-adds of the dense op of the same shape (two GEMMs for bwd)."""
+        if self.role == "bwd":
+            return 2 * self.batch * self.in_features * self.out_features
         if self.role.startswith("conv"):
             return self.batch * self.hw * self.hw * self.out_features * self.in_features * 9
         return self.batch * self.in_features * self.out_features
@@ -110,7 +119,7 @@ def _calls(p: Problem):
 
     gen = torch.Generator().manual_seed(0)
     dt = _FLOAT[p.dtype]
-    if p.role in ("fwd", "dx", "dw"):
+    if p.role in LINEAR_ROLES:
         from ..formats import pad_fan_in
 
         idx = _pattern(p.out_features // p.G, p.in_features, p.K, p.index_dtype, gen)
@@ -121,9 +130,9 @@ def _calls(p: Problem):
 
         def prepare():
             # batch-major: x as the previous group op's batch_major_out leaves it (a view of xT)
-            xx = (x.t().contiguous().t() if p.batch_major else x.clone()).requires_grad_(p.role == "dx")
+            xx = (x.t().contiguous().t() if p.batch_major else x.clone()).requires_grad_(p.role in ("dx", "bwd"))
             vv = pad_fan_in(vals.clone()) if p.G > 1 else vals.clone()  # clone() drops the padding
-            return xx, vv.requires_grad_(p.role == "dw"), torch.ones(p.batch, p.out_features, dtype=dt)
+            return xx, vv.requires_grad_(p.role in ("dw", "bwd")), torch.ones(p.batch, p.out_features, dtype=dt)
 
         def forward(state):
             xx, vv, g = state
@@ -131,12 +140,15 @@ def _calls(p: Problem):
                 if p.G > 1:
                     from ..group_ops import group_condensed_matmul
 
-                    return group_condensed_matmul(xx, vv, idx, dx_mode=p.dx_mode, batch_major_out=p.batch_major), g
-                return tritonsparse.condensed_matmul(xx, vv, idx), g
+                    return group_condensed_matmul(xx, vv, idx, dx_mode=p.dx_mode, batch_major_out=p.batch_major), g, (xx, vv)
+                return tritonsparse.condensed_matmul(xx, vv, idx), g, (xx, vv)
 
         def backward(state):
-            y, g = state
-            y.backward(g)
+            # the op's backward alone: torch.autograd.grad runs no AccumulateGrad, whose copy
+            # here would be an artifact (the captured launches keep the gradient buffers
+            # alive, so autograd could not take them over as it does in training)
+            y, g, leaves = state
+            torch.autograd.grad(y, [t for t in leaves if t.requires_grad], g)
 
         return prepare, forward, (backward if p.role != "fwd" else None)
     if p.role == "topk":

@@ -64,6 +64,9 @@ def _bytes(p: Problem) -> tuple[float, float]:
         return n * K * (e + 4) + 4 * (i + 1) + B * n * e + B * i * e, i * n * e + B * i * e + B * n * e
     if p.role == "dw":
         return n * K * (ie + e) + B * i * e + B * n * e, i * n * e + B * i * e + B * n * e
+    if p.role == "bwd":  # dX's and dValues' bytes, dY read once
+        (sx, dx_), (sw, dw_) = _bytes(p.with_(role="dx")), _bytes(p.with_(role="dw"))
+        return sx + sw - B * n * e, dx_ + dw_ - B * n * e
     if p.role == "topk":
         return B * (i + n) * e + n * K * 12, B * (i + n) * e + n * i * 4
     hw2 = p.hw * p.hw
@@ -88,6 +91,27 @@ def _gather_slice(p: Problem, cfg: dict) -> float | None:
     return None
 
 
+# Kernels that do none of the op's multiply-adds: a reduction of fp32 partial sums (read
+# from L2, where the kernel before wrote them). {kernel name: f(problem, launch args, config
+# kwargs) -> (bytes one CTA loads, compulsory output bytes)}; the trips of the loop follow
+# from the first and the loop's loads in the SASS (the compiler unrolls it).
+def _reduce_cost(p: Problem, args: dict, kw: dict) -> tuple[int, float]:
+    return int(args["splits"]) * kw["BLOCK"] * 4, int(args["numel"]) * M.elem_bytes(p.dtype)
+
+
+_REDUCE_KERNELS = {"_dw_reduce_kernel": _reduce_cost}
+
+
+def launch_role(p: Problem, kernel_name: str) -> str:
+    """The role a launch of ``p`` serves: ``p.role``, except in a ``bwd`` problem, where a
+    CSR gather or a group dX kernel (and its column reduction) serves ``dx`` and every
+    other launch ``dw``."""
+    if p.role != "bwd":
+        return p.role
+    name = kernel_name.lower()
+    return "dx" if any(s in name for s in ("csr_gather", "dx", "column_reduce")) else "dw"
+
+
 def analyze(p: Problem, arch: int = 90, gpu: M.GPU = M.H100_SXM, fp_fusion=None, configs=None,
             max_configs: int | None = None) -> list[ConfigResult]:
     """Compile, count and model every pruned config of every launch the library makes for ``p``.
@@ -99,7 +123,6 @@ def analyze(p: Problem, arch: int = 90, gpu: M.GPU = M.H100_SXM, fp_fusion=None,
     from .compile import compile_spec, disassemble, resource_usage
     from .parse import summarize
 
-    hbm, _ = _bytes(p)
     out = []
     got = launches(p)
     if not got:
@@ -108,25 +131,38 @@ def analyze(p: Problem, arch: int = 90, gpu: M.GPU = M.H100_SXM, fp_fusion=None,
     for launch in got:
         cfgs = launch.configs()
         ctas_all.append(launch.grid_for(cfgs[0]))
-    total_first = sum(g[0] * g[1] * g[2] for g in ctas_all)
+    # the work of each role (a bwd problem: dX's and dValues') is shared by its launches by grid size
+    subs = [p.with_(role=launch_role(p, launch.name)) for launch in got]
+    total_first: dict = {}
+    for launch, sub, g in zip(got, subs, ctas_all):
+        if launch.name not in _REDUCE_KERNELS:
+            total_first[sub.role] = total_first.get(sub.role, 0) + g[0] * g[1] * g[2]
     for li, launch in enumerate(got):
         cfgs = launch.configs()
         if configs is not None:
             cfgs = [c for c in cfgs if c.kwargs in configs] or cfgs
         if max_configs is not None:
             cfgs = cfgs[:max_configs]
-        g0 = ctas_all[li]
-        share = (g0[0] * g0[1] * g0[2]) / total_first  # this launch's share of the work (by its grid)
+        g0, sub = ctas_all[li], subs[li]
+        reduce_cost = _REDUCE_KERNELS.get(launch.name)
+        if reduce_cost is None:
+            share = (g0[0] * g0[1] * g0[2]) / total_first[sub.role]  # this launch's share of its role's work
+            fmas, hbm_l = int(sub.useful_fmas * share), _bytes(sub)[0] * share
         for cfg in cfgs:
             spec = launch.specialization(cfg, arch=arch, fp_fusion=fp_fusion)
             compiled = compile_spec(spec)
             usage = resource_usage(compiled.asm["cubin"])
             summ = summarize(disassemble(compiled.asm["cubin"]))
             g = launch.grid_for(cfg)
+            if reduce_cost is None:
+                trips, slice_bytes = _model_trips(launch, cfg), _gather_slice(sub, cfg.kwargs)
+            else:  # no multiply-adds: the loop's trips are the CTA's loads over one trip's
+                cta_bytes, hbm_l = reduce_cost(p, launch.args, cfg.kwargs)
+                per_trip = cfg.num_warps * (summ.loop_counts or {}).get("ldg_bytes", 0)
+                trips, fmas, slice_bytes = max(1, math.ceil(cta_bytes / per_trip)) if per_trip else None, 0, None
             t = M.kernel_time(summ, regs=usage["regs"], shared=max(usage["shared"], compiled.metadata.shared),
-                              warps=cfg.num_warps, ctas=g[0] * g[1] * g[2], useful_fmas=int(p.useful_fmas * share),
-                              hbm_bytes=hbm * share, gather_slice_bytes=_gather_slice(p, cfg.kwargs), gpu=gpu,
-                              trips=_model_trips(launch, cfg))
+                              warps=cfg.num_warps, ctas=g[0] * g[1] * g[2], useful_fmas=fmas,
+                              hbm_bytes=hbm_l, gather_slice_bytes=slice_bytes, gpu=gpu, trips=trips)
             out.append(ConfigResult(p, li, launch.name, dict(cfg.kwargs), cfg.num_warps, cfg.num_stages, arch, usage,
                                     summ.loop_counts or {}, t, len(summ.loops)))
     return out
@@ -168,10 +204,12 @@ def op_summary(p: Problem, results: list[ConfigResult], gpu: M.GPU = M.H100_SXM,
     t_ops = sum(M.torch_op_time(o.bytes_in + o.bytes_out, gpu, o.flops, o.dtype) for o in ops)
     t_kernels = sum(r.time.total for r in best)
     t = t_kernels + t_ops
-    hbm, dense_bytes = _bytes(p)
+    hbm = _bytes(p)[0]
     dense_kind = "tf32" if p.role == "topk" else ("fp32" if p.dtype == "fp32" else p.dtype)
-    dense = M.dense_time(p.dense_fmas, dense_kind, dense_bytes, gpu)
-    dense_tf32 = M.dense_time(p.dense_fmas, "tf32", dense_bytes, gpu) if p.dtype == "fp32" else dense
+    # dense: one cuBLAS call per GEMM (bwd: dX and dW, each with its own launch)
+    parts = [p.with_(role="dx"), p.with_(role="dw")] if p.role == "bwd" else [p]
+    dense = sum(M.dense_time(q.dense_fmas, dense_kind, _bytes(q)[1], gpu) for q in parts)
+    dense_tf32 = sum(M.dense_time(q.dense_fmas, "tf32", _bytes(q)[1], gpu) for q in parts) if p.dtype == "fp32" else dense
     gather = 0.0 if p.role == "topk" else M.elem_bytes(p.dtype)
     fma_flops = gpu.ffma_flops * (2 if p.dtype != "fp32" else 1)
     if p.role == "topk":
@@ -230,7 +268,7 @@ def issue8_cases() -> list[Problem]:
     """The problems behind issue 8's targets (90% sparse ViT-B MLP, Llama-3-8B MLP, topk)."""
     cases = []
     for shape in (VIT_FC1, VIT_FC2):
-        for role in ("fwd", "dx", "dw"):
+        for role in ("fwd", "dx", "dw", "bwd"):
             cases.append(Problem(role, batch=256, dtype="fp32", index_dtype="int32", **shape))
     cases.append(Problem("fwd", batch=16, dtype="bf16", index_dtype="int16", **VIT_FC2))
     for shape in (LLAMA_UP, LLAMA_DOWN):
@@ -347,6 +385,17 @@ def _op_time(rs):
     return _f(rs[0]["modeled_op_us"])
 
 
+def step_roles(have) -> tuple:
+    """The problems a training step sums, given ``have(role)``: the forward and the one
+    backward that computes dX and dValues together (``bwd``, what training runs: one dY
+    copy); from a CSV without it, ``dx`` + ``dw`` (which charge the dY copy twice); ()
+    when neither is there."""
+    for roles in (("fwd", "bwd"), ("fwd", "dx", "dw")):
+        if all(have(r) for r in roles):
+            return roles
+    return ()
+
+
 def targets_table(rows_) -> str:
     """Markdown: each issue-8 target, the modeled figure and what bounds it."""
     ops = _ops(rows_)
@@ -373,11 +422,12 @@ def targets_table(rows_) -> str:
                          f"{ipf:.1f} instr/FMA, {r['shfl']} SHFL, {r['bar']} BAR | {'yes' if ok else 'no'} | "
                          f"{r['bound']} |")
     for shape, name in ((VIT_FC1, "768→3072"), (VIT_FC2, "3072→768")):
-        parts = [find(role, shape, 256, "fp32") for role in ("fwd", "dx", "dw")]
-        if all(parts):
+        roles = step_roles(lambda role: find(role, shape, 256, "fp32") is not None)
+        parts = [find(role, shape, 256, "fp32") for role in roles]
+        if roles:
             t = sum(_op_time(rs) for rs in parts)
             d = sum(_f(rs[0]["modeled_dense_us"]) for rs in parts)
-            bounds = ", ".join(f"{role}: {rs[0]['bound']}" for role, rs in zip(("fwd", "dX", "dValues"), parts))
+            bounds = "; ".join(f"{role}: {', '.join(sorted({r['bound'] for r in rs}))}" for role, rs in zip(roles, parts))
             lines.append(f"| training step fp32 B=256 {name} (fwd+dX+dValues): ≥ 1.5x 3 dense SGEMMs | "
                          f"{d / t:.2f}x ({t:.1f} vs {d:.1f} µs) | {'yes' if d / t >= 1.5 else 'no'} | {bounds} |")
     for shape, name in ((LLAMA_UP, "4096→14336"), (LLAMA_DOWN, "14336→4096")):
@@ -425,7 +475,7 @@ def _print_results(p, res, gpu):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("role", nargs="?", help="fwd, dx, dw, topk, conv_fwd, conv_dw (one named problem)")
+    ap.add_argument("role", nargs="?", help="fwd, dx, dw, bwd (dX and dValues in one backward), topk, conv_fwd, conv_dw (one named problem)")
     ap.add_argument("--in", dest="in_features", type=int)
     ap.add_argument("--out", dest="out_features", type=int)
     ap.add_argument("--K", type=int, help="fan-in (topk: k)")
@@ -436,7 +486,7 @@ def main(argv=None):
     ap.add_argument("--index-dtype", default="int32")
     ap.add_argument("--gpu", default="h100", choices=sorted(M.GPUS))
     ap.add_argument("--arch", type=int, default=90)
-    ap.add_argument("--G", type=int, default=1, help="fwd/dx/dw: rows per shared index row (group-shared pattern)")
+    ap.add_argument("--G", type=int, default=1, help="fwd/dx/dw/bwd: rows per shared index row (group-shared pattern)")
     ap.add_argument("--batch-major", action="store_true", help="fwd with G > 1: x batch-major, y written batch-major")
     ap.add_argument("--cases", choices=["issue8", "groups", "smoke"], help="run a set of problems")
     ap.add_argument("--csv", help="write the rows to this CSV")
