@@ -38,8 +38,6 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TRITONSPARSE_BACKEND", "torch")
-
 from tritonsparse.dst import DynamicSparsity, sparsify  # noqa: E402
 
 METHODS = ("dense", "static", "set", "rigl", "srigl-noablation", "srigl")
@@ -323,6 +321,7 @@ def main(argv=None):
     if not all(0 < s < 1 for s in sps):
         ap.error("--sparsities must lie in (0, 1)")
     torch.set_num_threads(1)
+    os.environ.setdefault("TRITONSPARSE_BACKEND", "torch")  # CPU runs: never the interpreter
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / f"dst_study_{args.tag}_{time.strftime('%Y%m%d-%H%M%S')}.csv"
     t0 = time.perf_counter()

@@ -20,12 +20,24 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+_ENV_KEYS = ("TRITONSPARSE_BACKEND", "TRITON_INTERPRET", "TRITONSPARSE_DDP_CHECK")
+_ENV_AT_START = {k: os.environ.get(k) for k in _ENV_KEYS}  # before any test or module-scoped fixture
+
+
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
-    """Seed every test, and restore the thread count a test may change: results that
-    are compared bit for bit (exact resume) depend on it, and xdist runs many tests in
-    one process."""
+def _seed_threads_and_env():
+    """Seed every test, and restore what a test may change for the tests after it in the
+    same process (xdist runs many in one): the thread count (results compared bit for bit
+    depend on it) and the backend switches in the environment (a script loaded in-process
+    that sets TRITONSPARSE_BACKEND=torch would silently move every later test off the
+    Triton kernels): after each test they are back to what they were when the session
+    started, also if a module-scoped fixture changed them before the test began."""
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+    for k, v in _ENV_AT_START.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
