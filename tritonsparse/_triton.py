@@ -81,3 +81,18 @@ def launch_device(t: torch.Tensor):
     if t.device.type == "cuda":
         return torch.cuda.device(t.device)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def cuda_matmul_tf32(enabled: bool, device: torch.device | None = None):
+    """Within the context, fp32 matmuls on CUDA use TF32 exactly when ``enabled`` (restored
+    on exit); a no-op when ``device`` is given and is not a CUDA device."""
+    if device is not None and device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved

@@ -1,11 +1,9 @@
 """``gradient_topk``: the best regrowth candidates of a layer without its dense gradient."""
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-from ._triton import backend_for
+from ._triton import backend_for, cuda_matmul_tf32
 from ._validate import FLOAT_DTYPES, check_same_device, check_tensor
 from .reference import gradient_topk_reference
 
@@ -130,6 +128,7 @@ def grouped_chunked(x, grad_output, k, exclude=None, group_size=1, tf32=False):
     -1 / -inf. Returns ``(scores fp32, indices int64)``, each (out / G, k). Extra memory:
     one chunk (at most ``_CHUNK_BYTES``, 256 MB: 4G + 20 bytes per group and column)."""
     from .kernels import topk_select as sel
+    from .kernels.gradient_topk import _select_torch
 
     g = int(group_size)
     in_features = x.shape[1]
@@ -139,36 +138,13 @@ def grouped_chunked(x, grad_output, k, exclude=None, group_size=1, tf32=False):
     indices = torch.empty(n_groups, k, dtype=torch.int64, device=x.device)
     step = max(1, min(n_groups, _CHUNK_BYTES // max((4 * g + 20) * in_features, 1)))
     use_kernel = backend_for(x.device) == "triton" and sel.serves(in_features, k)
-    with _cuda_matmul_tf32(x.device, tf32):
+    with cuda_matmul_tf32(tf32, x.device):
         for g0 in range(0, n_groups, step):
             g1 = min(n_groups, g0 + step)
             s = (gf[:, g0 * g:g1 * g].t() @ xf).abs_().view(g1 - g0, g, in_features).sum(1)
-            if use_kernel:  # the selection kernel of the per-row path: the same rules
-                ex = exclude[g0:g1] if exclude is not None else None
+            ex = exclude[g0:g1] if exclude is not None else None
+            if use_kernel:  # the per-row path's selection, the same rules on the group sums
                 sel.topk_select(s, k, ex, out=(scores[g0:g1], indices[g0:g1]))
-                continue
-            s.masked_fill_(s.isnan(), -float("inf"))  # never selected (+inf stays a score)
-            if exclude is not None:
-                ex = exclude[g0:g1].long()
-                keep = ex >= 0  # negative entries are padding
-                rows = torch.arange(g1 - g0, device=x.device)[:, None].expand_as(ex)
-                s[rows[keep], ex[keep]] = -float("inf")
-            order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :k]  # ties: ascending column
-            top = s.gather(1, order)
-            scores[g0:g1] = top
-            indices[g0:g1] = torch.where(top == -float("inf"), -1, order)
+            else:
+                scores[g0:g1], indices[g0:g1] = _select_torch(s, k, ex)
     return scores, indices
-
-
-@contextlib.contextmanager
-def _cuda_matmul_tf32(device: torch.device, enabled: bool):
-    """On CUDA, let fp32 GEMMs use TF32 exactly when ``enabled``; restored on exit."""
-    if device.type != "cuda":
-        yield
-        return
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved

@@ -41,7 +41,6 @@ and tensor parallelism (DTensor parameters).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 
@@ -49,6 +48,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .._triton import cuda_matmul_tf32
 from ..nn.condensed_linear import CondensedLinear
 from .masked import _Masked
 from .sparsify import sparse_layers
@@ -260,22 +260,11 @@ def _row_topk(scores: torch.Tensor, k: int, exclude: torch.Tensor | None):
     return top, torch.where(top == -float("inf"), torch.full_like(order, -1), order)
 
 
-@contextlib.contextmanager
-def _matmul_tf32(enabled: bool):
-    """fp32 matmuls on CUDA in TF32 only if ``enabled`` (DynamicSparsity's ``tf32``)."""
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
-
-
 def _partial_rows(x, g, rows, world, tf32):
     """This rank's share of the given ``rows`` (int64) of the averaged gradient, fp32
     on the comm device."""
     dev = _comm_device(x.device)
-    with _matmul_tf32(tf32):
+    with cuda_matmul_tf32(tf32):
         return (g.index_select(1, rows.to(g.device)).to(dev, torch.float32).t()
                 @ x.to(dev, torch.float32)).div_(world)
 

@@ -83,7 +83,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import autotune, backend_for, batch_bucket, launch_device, next_power_of_2
+from .._triton import autotune, backend_for, batch_bucket, cuda_matmul_tf32, launch_device, next_power_of_2
 
 # (BLOCK_M, BLOCK_D, BLOCK_B, num_warps, num_stages, buffer widths KP it serves, exact fp32,
 # grouped). A config is kept only at the KP it was built for without spills or stack on
@@ -320,11 +320,7 @@ def gradient_topk_chunked(x, grad_output, k, exclude=None, tf32=False):
     indices = torch.empty(out_features, k, dtype=torch.int64, device=x.device)
     use_kernel = backend_for(x.device) == "triton" and sel.serves(in_features, k)
     step = chunk_rows(out_features, in_features)
-    cuda = x.device.type == "cuda"
-    saved = torch.backends.cuda.matmul.allow_tf32 if cuda else None
-    try:
-        if cuda:
-            torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+    with cuda_matmul_tf32(tf32, x.device):
         for r0 in range(0, out_features, step):
             r1 = min(out_features, r0 + step)
             g = gf[:, r0:r1].t() @ xf
@@ -333,9 +329,6 @@ def gradient_topk_chunked(x, grad_output, k, exclude=None, tf32=False):
                 sel.topk_select(g, k, ex, out=(scores[r0:r1], indices[r0:r1]))
             else:
                 scores[r0:r1], indices[r0:r1] = _select_torch(g, k, ex)
-    finally:
-        if cuda:
-            torch.backends.cuda.matmul.allow_tf32 = saved
     return scores, indices
 
 
