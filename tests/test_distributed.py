@@ -109,7 +109,33 @@ def _all_worker(rank, world):
             "global": _global_worker(rank, world, COMMS),
             "nonfinite": {c: _nonfinite_worker(rank, world, c) for c in ("gather", "reduce")},
             "accumulate": {c: _accumulate_worker(rank, world, c) for c in ("gather", "reduce")},
-            "salient": _salient_worker(rank, world)}
+            "salient": _salient_worker(rank, world),
+            "released": _release_worker(rank, world)}
+
+
+def _release_worker(rank, world):
+    """Whether the DDP wrapper dies, by reference counting alone, once its owner drops it
+    after building the sparsifier and training a step: the sparsifier must not keep it
+    (with its reducer and gloo group) alive until interpreter shutdown."""
+    import gc
+    import weakref
+
+    model = _model("srigl")
+    ddp = tsd.wrap_ddp(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    dst = DynamicSparsity(ddp, opt, method="srigl", total_steps=4, delta_t=1, seed=0)
+    x, y = _batch(0, rank)
+    nn.functional.cross_entropy(ddp(x), y).backward()
+    opt.step()
+    dst.step()
+    ref = weakref.ref(ddp)
+    gc.disable()
+    try:
+        del ddp
+        freed = ref() is None
+    finally:
+        gc.enable()
+    return {"freed": freed, "dst_alive": dst.step_count}
 
 
 @pytest.fixture(scope="module")
@@ -340,6 +366,10 @@ def test_reduce_path_salient_set_is_exact_on_adversarial_cases(job):
     for case, (G, n) in _cases().items():
         assert torch.equal(got[case]["keys"], _dense_salient(G, n)), case
     assert got["hoarding-row"]["grew"]  # the reduce exchange served a request for more of some rows
+
+
+def test_sparsifier_does_not_keep_the_ddp_wrapper_alive(job):
+    assert all(r["released"]["freed"] and r["released"]["dst_alive"] == 1 for r in job)
 
 
 def test_state_with_window_captures_refuses_another_world_size():

@@ -360,8 +360,11 @@ class DistributedState:
         last_paths: {layer: path} of the last update, for logging.
     """
 
-    def __init__(self, dst, ddp=None):
-        self.dst, self.ddp = dst, ddp
+    def __init__(self, dst):
+        # No reference to the DDP wrapper: it must die when its owner drops it, before
+        # the process group is destroyed (a DDP reducer that outlives the group until
+        # interpreter shutdown can abort the process with gloo)
+        self.dst = dst
         self.world, self.rank = world_size(), rank()
         self.comm = None
         self.check = os.environ.get("TRITONSPARSE_DDP_CHECK", "0") == "1"
@@ -517,7 +520,7 @@ def setup(dst, model: nn.Module, optimizer) -> DistributedState | None:
     dst.generator.set_state(_bcast(dst.generator.get_state()))  # SET's RNG: rank 0's on every rank
     for m in dst.layers.values():
         _bcast_param_state(optimizer, m.weight if isinstance(m, _Masked) else m.values, rank() == 0)
-    return DistributedState(dst, ddp)
+    return DistributedState(dst)
 
 
 # -- consistency check -----------------------------------------------------------------

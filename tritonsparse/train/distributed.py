@@ -8,6 +8,7 @@ single process (up to the order DDP sums gradients in).
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -99,8 +100,12 @@ def gather_objects(ctx: Context, obj) -> list:
 
 
 def close(ctx: Context):
-    """Wait for every rank, then destroy the process group if :func:`init` made it."""
+    """Wait for every rank, then destroy the process group if :func:`init` made it.
+    Collects garbage first: a DDP wrapper caught in a reference cycle would otherwise
+    keep its reducer (and the gloo group it holds) alive into interpreter shutdown,
+    where gloo can abort the process."""
     if ctx.active:
+        gc.collect()
         dist.barrier()
         if ctx.owns_group:
             dist.destroy_process_group()
@@ -110,4 +115,5 @@ def abort(ctx: Context):
     """After a failure: destroy the process group if :func:`init` made it, without the
     barrier of :func:`close` (a rank that failed alone would wait there forever)."""
     if ctx.owns_group and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
