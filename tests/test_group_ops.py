@@ -272,7 +272,7 @@ def test_condensed_linear_groups(monkeypatch):
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_condensed_linear_batch_major_out(monkeypatch, backend):
     """``batch_major_out=True``: the same y (and gradients) as the default, stored batch-major,
-    so two chained group layers pass activations without a transpose; G = 1 refuses it."""
+    so two chained group layers pass activations without a transpose (G = 1: test_batch_major.py)."""
     if backend == "triton" and not _triton.interpreting():
         pytest.skip("kernels on CPU need TRITON_INTERPRET=1")
     monkeypatch.setenv("TRITONSPARSE_BACKEND", backend)
@@ -294,8 +294,6 @@ def test_condensed_linear_batch_major_out(monkeypatch, backend):
     y_ref.square().sum().backward()
     torch.testing.assert_close(a.values.grad, a_ref.values.grad, rtol=1e-4, atol=1e-5)
     assert "batch_major_out=True" in repr(a)
-    with pytest.raises(ValueError, match="batch_major_out"):
-        CondensedLinear(24, 32, 7, batch_major_out=True)
     with pytest.raises(TypeError, match="batch_major_out"):
         CondensedLinear(24, 32, 8, group_size=16, batch_major_out=1)
 
@@ -444,14 +442,14 @@ def test_batch_major_x_needs_no_transpose(host_ops):
     assert host_ops["report_batch_major=True"] == {"ops": [], "launches": ["_group_fwd_kernel"]}
 
 
-def test_report_problem_batch_major_needs_group_forward():
+def test_report_problem_batch_major_needs_a_linear_role():
     from tritonsparse.sass.problems import Problem
 
     with pytest.raises(ValueError, match="batch_major"):
-        Problem("dx", 64, 128, 16, 32, "bf16", "int16", G=64, batch_major=True)
-    with pytest.raises(ValueError, match="batch_major"):
-        Problem("fwd", 64, 128, 16, 32, "bf16", "int16", batch_major=True)
+        Problem("topk", 64, 128, 16, 32, "fp32", batch_major=True)
     assert Problem("fwd", 64, 128, 16, 32, G=64, batch_major=True).label.endswith("G=64 batch-major")
+    assert Problem("bwd", 64, 128, 16, 32).label.endswith("fp32/int32")
+    assert Problem("bwd", 64, 128, 16, 32, batch_major=True).label.endswith("fp32/int32 batch-major")
 
 
 def test_cpu_rule_checks_every_call(monkeypatch):

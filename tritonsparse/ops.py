@@ -37,10 +37,13 @@ def _empty_product(batch, n, K) -> bool:
     return batch == 0 or n == 0 or K == 0
 
 
-def _forward(x2, values, indices, bias, pattern: Pattern):
+def _forward(x2, values, indices, bias, pattern: Pattern, batch_major_out: bool = False):
     """Returns ``(y, x_saved, transposed)``: what the backward needs of x is x2 itself on the
     torch path, and its batch-contiguous transpose (in_features, B) on the Triton path, which
-    the forward builds anyway, so the backward does not transpose x again.
+    the forward builds anyway, so the backward does not transpose x again. When x2 is
+    already batch-major (a (B, in) view of (in, B) storage, as ``batch_major_out`` leaves
+    y), that transpose is x2's own storage: no copy. ``batch_major_out``: y is a (B, n)
+    view of (n, B) storage (the kernel writes it so; other paths re-lay it out).
 
     The indices are range-checked here, on every backend and also inside compiled graphs
     (``pattern.check_range``: every call for CPU tensors, once per tensor version on CUDA),
@@ -49,19 +52,37 @@ def _forward(x2, values, indices, bias, pattern: Pattern):
     batch, (n, k) = x2.shape[0], values.shape
     if _empty_product(batch, n, k):
         y = x2.new_zeros(batch, n)
-        return (y if bias is None else y + bias), x2, False
+        y = y if bias is None else y + bias
+        return (_as_batch_major(y) if batch_major_out else y), x2, False
     if backend_for(x2.device) == "torch":
-        return cpu.condensed_fwd(x2, values, indices, bias), x2, False
+        y = cpu.condensed_fwd(x2, values, indices, bias)
+        return (_as_batch_major(y) if batch_major_out else y), x2, False
     from .kernels.condensed_fwd import condensed_fwd
 
     x_t = _batch_major(x2)
-    out = torch.empty(x_t.shape[1], n, dtype=x2.dtype, device=x2.device)
+    if batch_major_out:  # yT storage (n, B_pad), written through its (B_pad, n) view
+        out = torch.empty(n, x_t.shape[1], dtype=x2.dtype, device=x2.device).t()
+    else:
+        out = torch.empty(x_t.shape[1], n, dtype=x2.dtype, device=x2.device)
     bias = bias.contiguous() if bias is not None else None  # the kernels read the bias as contiguous
     return condensed_fwd(x_t, values, indices, bias, out)[:batch], x_t, True
 
 
-def _backward(grad2, x_saved, transposed, values, indices, need_x: bool, need_values: bool, pattern: Pattern | None = None):
-    """(dX, dValues) with dX of shape (B, in_features); an entry not needed is an empty tensor."""
+def _as_batch_major(y):
+    """The same values as a (B, n) view of (n, B) storage."""
+    return y.t().contiguous().t()
+
+
+def _is_batch_major(t) -> bool:
+    """True for a (B, m) view of (m, B) storage with B > 1 (``_batch_major`` is then free)."""
+    return t.dim() == 2 and t.shape[0] > 1 and t.stride(0) == 1 and t.t().is_contiguous()
+
+
+def _backward(grad2, x_saved, transposed, values, indices, need_x: bool, need_values: bool, pattern: Pattern | None = None,
+              dx_batch_major: bool = False):
+    """(dX, dValues) with dX of shape (B, in_features); an entry not needed is an empty tensor.
+    ``grad2`` may be row-major or batch-major (then the kernels read its storage in place);
+    ``dx_batch_major``: write dX as a view of (in_features, B) storage, the layout x came in."""
     in_features = x_saved.shape[0] if transposed else x_saved.shape[1]
     pattern = pattern if pattern is not None else pattern_for(indices, in_features)
     batch = grad2.shape[0]
@@ -74,6 +95,7 @@ def _backward(grad2, x_saved, transposed, values, indices, need_x: bool, need_va
         return grad_x, grad_values
     pattern.check_range(indices)  # the indices may have been written since the forward
     if backend_for(x_saved.device) == "torch":
+        grad2 = grad2.contiguous()
         x2 = x_saved.t() if transposed else x_saved
         if need_x:
             grad_x = cpu.condensed_dx(grad2, values, pattern.transposed(indices), in_features)
@@ -83,10 +105,13 @@ def _backward(grad2, x_saved, transposed, values, indices, need_x: bool, need_va
     from .kernels.condensed_dw import condensed_dw
     from .kernels.csr_gather import csr_gather
 
-    grad_t = _batch_major(grad2)  # (n, B_pad): the batch is contiguous for both gathers
+    grad_t = _batch_major(grad2)  # (n, B_pad): the batch is contiguous for both gathers (free if dY is batch-major)
     if need_x:
         crow, rows, perm = pattern.transposed(indices)
-        grad_x = torch.empty(grad_t.shape[1], in_features, dtype=grad2.dtype, device=grad2.device)
+        if dx_batch_major:  # x came batch-major: so does dX, (in, B_pad) storage through its (B_pad, in) view
+            grad_x = torch.empty(in_features, grad_t.shape[1], dtype=grad2.dtype, device=grad2.device).t()
+        else:
+            grad_x = torch.empty(grad_t.shape[1], in_features, dtype=grad2.dtype, device=grad2.device)
         if values.is_contiguous():  # the kernel reads values[perm[p]]: no permuted copy per call
             grad_x = csr_gather(grad_t, crow, rows, values.reshape(-1), grad_x, val_perm=_perm32(perm))[:batch]
         else:
@@ -116,10 +141,11 @@ def _grad_bias(grad2, dtype):
 
 class _CondensedMatmul(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x2, values, indices, bias, pattern):
-        y, x_saved, transposed = _forward(x2, values, indices, bias, pattern)
+    def forward(ctx, x2, values, indices, bias, pattern, batch_major_out):
+        y, x_saved, transposed = _forward(x2, values, indices, bias, pattern, batch_major_out)
         ctx.save_for_backward(x_saved, values, indices)
         ctx.transposed, ctx.pattern = transposed, pattern
+        ctx.dx_batch_major = transposed and _is_batch_major(x2)  # dX in the layout x came in
         ctx.has_bias = bias is not None
         return y
 
@@ -127,10 +153,12 @@ class _CondensedMatmul(torch.autograd.Function):
     def backward(ctx, grad):
         x_saved, values, indices = ctx.saved_tensors
         need_x, need_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad = grad.contiguous()
-        gx, gv = _backward(grad, x_saved, ctx.transposed, values, indices, need_x, need_values, ctx.pattern)
+        if not (grad.is_contiguous() or _is_batch_major(grad)):  # both layouts are read in place
+            grad = grad.contiguous()
+        gx, gv = _backward(grad, x_saved, ctx.transposed, values, indices, need_x, need_values, ctx.pattern,
+                           ctx.dx_batch_major)
         gb = _grad_bias(grad, grad.dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None
-        return (gx if need_x else None), (gv if need_values else None), None, gb, None
+        return (gx if need_x else None), (gv if need_values else None), None, gb, None, None
 
 
 # -- torch.library registration (used while torch.compile traces) --------------------------
@@ -199,7 +227,8 @@ def _validate(x, values, indices, bias):
         raise TypeError(f"indices is int16 but x has in_features={in_features} > 32768; use int32 indices")
 
 
-def condensed_matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def condensed_matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, bias: torch.Tensor | None = None,
+                     *, batch_major_out: bool = False) -> torch.Tensor:
     """Product of ``x`` with a constant fan-in sparse weight in condensed form.
 
     ``y[..., j] = sum_k values[j, k] * x[..., indices[j, k]] + bias[j]``
@@ -212,6 +241,12 @@ def condensed_matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tenso
             G consecutive rows share one index set (group-shared format, tensor-core
             kernels): see :func:`tritonsparse.group_ops.group_condensed_matmul`.
         bias: optional (n,) bias, same dtype as ``x``.
+        batch_major_out: return y as a view of batch-major storage (for a 2-D x, ``y.t()``
+            is contiguous: the kernel writes yT). The Triton kernels read x through a
+            batch-major copy; an x laid out so (a previous layer's ``batch_major_out``,
+            with elementwise ops between, which keep the layout) is read in place, and its
+            gradient comes back in the same layout. One operator and a pass over the
+            activations fewer per layer in a chain. Same values as the default row-major y.
 
     Returns:
         (..., n) tensor of ``x``'s dtype. Differentiable with respect to ``x``, ``values``
@@ -237,7 +272,7 @@ def condensed_matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tenso
         >>> condensed_matmul(x, values, indices).shape
         torch.Size([8, 768])
     """
-    return _condensed_matmul(x, values, indices, bias)
+    return _condensed_matmul(x, values, indices, bias, batch_major_out=batch_major_out)
 
 
 def _autocast_on(x) -> bool:
@@ -245,16 +280,19 @@ def _autocast_on(x) -> bool:
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
-def _condensed_matmul(x, values, indices, bias=None, check_index_range=True, pattern: Pattern | None = None):
+def _condensed_matmul(x, values, indices, bias=None, check_index_range=True, pattern: Pattern | None = None,
+                      batch_major_out: bool = False):
     """``condensed_matmul`` for the layers: ``pattern`` is the owner's
     :class:`~tritonsparse._structure.Pattern` of ``indices`` (None: the one kept for
     this indices tensor). ``check_index_range`` is accepted for older callers and
     ignored: the pattern decides when the range is checked, and it is never skipped."""
     del check_index_range
+    if not isinstance(batch_major_out, bool):
+        raise TypeError(f"batch_major_out must be a bool, got {type(batch_major_out).__name__}")
     if _grouped(values, indices):  # indices (n/G, K) with G > 1: the tensor-core kernels
         from .group_ops import group_condensed_matmul
 
-        return group_condensed_matmul(x, values, indices, bias, pattern=pattern)
+        return group_condensed_matmul(x, values, indices, bias, pattern=pattern, batch_major_out=batch_major_out)
     autocast = isinstance(x, torch.Tensor) and _autocast_on(x)
     if autocast:
         dtype = torch.get_autocast_dtype(x.device.type)
@@ -271,9 +309,9 @@ def _condensed_matmul(x, values, indices, bias=None, check_index_range=True, pat
         raise ValueError(f"pattern describes in_features={pattern.in_features} but x has {in_features}")
     if autocast:  # the inputs are cast: keep autocast away from the ops inside
         with torch.autocast(x.device.type, enabled=False):
-            y = _dispatch(x2, values, indices, bias, pattern)
+            y = _dispatch(x2, values, indices, bias, pattern, batch_major_out)
     else:
-        y = _dispatch(x2, values, indices, bias, pattern)
+        y = _dispatch(x2, values, indices, bias, pattern, batch_major_out)
     return y.reshape(*lead, values.shape[0])
 
 
@@ -284,7 +322,8 @@ def _grouped(values, indices) -> bool:
             and indices.dim() == 2 and indices.shape[0] != values.shape[0] and indices.shape[0] > 0)
 
 
-def _dispatch(x2, values, indices, bias, pattern):
+def _dispatch(x2, values, indices, bias, pattern, batch_major_out=False):
     if torch.compiler.is_compiling() or is_symbolic(x2) or is_symbolic(values) or is_symbolic(indices):
-        return torch.ops.tritonsparse.condensed_matmul(x2, values, indices, bias)  # its fake rule gives the shape
-    return _CondensedMatmul.apply(x2, values, indices, bias, pattern)
+        y = torch.ops.tritonsparse.condensed_matmul(x2, values, indices, bias)  # its fake rule gives the shape
+        return _as_batch_major(y) if batch_major_out else y  # the layout promised, by a copy the compiler sees
+    return _CondensedMatmul.apply(x2, values, indices, bias, pattern, batch_major_out)

@@ -36,12 +36,13 @@ class CondensedLinear(nn.Module):
             :mod:`tritonsparse.group_ops`; the storage then pads each row of values and
             each index row to a multiple of 16 slots (zeros, never read), and the
             active rows must come in whole groups. ``out_features`` must be a multiple of G.
-        batch_major_out: group_size > 1 only: return y as a (B, out) view of batch-major
-            storage (``y.t()`` contiguous; the kernel writes yT), which a following group
-            layer gathers from in place instead of transposing its input (one operator and
-            a pass over the activations fewer per layer; elementwise ops between the layers
-            keep the layout). Same values as the default row-major y. While some groups are
-            ablated the output is re-scattered to all rows and comes back row-major.
+        batch_major_out: return y as a (B, out) view of batch-major storage (``y.t()``
+            contiguous; the kernel writes yT), which a following condensed layer gathers
+            from in place instead of transposing its input (one operator and a pass over
+            the activations fewer per layer; elementwise ops between the layers keep the
+            layout, and the gradient flows back in it). Same values as the default
+            row-major y. While some rows are ablated the output is re-scattered to all
+            rows and comes back row-major.
 
     A new layer gets a random pattern (K distinct columns per row) and values drawn
     uniformly in ±1/sqrt(K), the scale ``nn.Linear`` uses for a dense fan-in of K.
@@ -58,8 +59,6 @@ class CondensedLinear(nn.Module):
         super().__init__()
         if not isinstance(batch_major_out, bool):
             raise TypeError(f"batch_major_out must be a bool, got {type(batch_major_out).__name__}")
-        if batch_major_out and group_size == 1:
-            raise ValueError("batch_major_out=True needs group_size > 1 (the per-row kernels write row-major y)")
         if not 1 <= fan_in <= in_features:
             raise ValueError(f"fan_in must be in [1, in_features={in_features}], got {fan_in}")
         if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
@@ -238,13 +237,9 @@ class CondensedLinear(nn.Module):
     # -- forward -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_in_features(x, self.in_features)
-        if self.n_active == self.out_features and self.batch_major_out:
-            from ..group_ops import group_condensed_matmul
-
-            y = group_condensed_matmul(x, self.weight_values, self._indices_view, self.bias, pattern=self._pattern,
-                                       batch_major_out=True)
-        elif self.n_active == self.out_features:
-            y = _condensed_matmul(x, self.weight_values, self._indices_view, self.bias, pattern=self._pattern)
+        if self.n_active == self.out_features:
+            y = _condensed_matmul(x, self.weight_values, self._indices_view, self.bias, pattern=self._pattern,
+                                  batch_major_out=self.batch_major_out)
         else:
             y = _condensed_matmul(x, self.weight_values, self._indices_view, pattern=self._pattern)
             y = scatter_active_rows(y, self.active_rows, self.out_features, self.bias)
