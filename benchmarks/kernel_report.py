@@ -20,6 +20,7 @@ so the two columns are never compared across code versions unawares.
 """
 import argparse
 import csv
+import itertools
 import math
 import os
 import sys
@@ -64,24 +65,27 @@ class _Target:
 def _targets(rows: list) -> tuple[list, dict]:
     """The issue-8 targets the report CSV's problems cover, and its chosen rows per problem."""
     ops = R._ops(rows)  # {problem: the chosen config's row of each launch}
-    key = {label: (rs[0]["role"], int(rs[0]["in"]), int(rs[0]["out"]), int(rs[0]["batch"]), rs[0]["dtype"])
-           for label, rs in ops.items()}
+    key = {label: (rs[0]["role"], int(rs[0]["in"]), int(rs[0]["out"]), int(rs[0]["batch"]), rs[0]["dtype"],
+                   R.is_chain(label)) for label, rs in ops.items()}
 
-    def find(role, shape, batch, dtype):
-        want = (role, shape["in_features"], shape["out_features"], batch, dtype)
+    def find(role, shape, batch, dtype, chain=False):
+        want = (role, shape["in_features"], shape["out_features"], batch, dtype, chain)
         return next((label for label, k in key.items() if k == want), None)
 
     out = []
-    for shape, name in ((R.VIT_FC1, "768→3072"), (R.VIT_FC2, "3072→768")):
-        label = find("fwd", shape, 256, "fp32")
+    vit = ((R.VIT_FC1, "768→3072"), (R.VIT_FC2, "3072→768"))
+    for (shape, name), chain in itertools.product(vit, (False, True)):
+        label = find("fwd", shape, 256, "fp32", chain)
+        name += R.CHAIN_SUFFIX if chain else ""
         if label:
             r = ops[label][0]
             ipf, clean = _num(r["instr_per_fma"]), int(r["shfl"]) == 0 and int(r["bar"]) == 0
             out.append(_Target(f"fwd fp32 B=256 {name}: ≥ 2x fp32 SGEMM, ≤ 3.6 instr/FMA, no SHFL/BAR", [label], 2.0,
                                True, f"; {ipf:.1f} instr/FMA, {r['shfl']} SHFL, {r['bar']} BAR", ipf <= 3.6 and clean))
-    for shape, name in ((R.VIT_FC1, "768→3072"), (R.VIT_FC2, "3072→768")):
-        roles = R.step_roles(lambda role, shape=shape: find(role, shape, 256, "fp32") is not None)  # fwd + bwd
-        labels = [find(role, shape, 256, "fp32") for role in roles]
+    for (shape, name), chain in itertools.product(vit, (False, True)):
+        roles = R.step_roles(lambda role: find(role, shape, 256, "fp32", chain) is not None)  # fwd + bwd
+        labels = [find(role, shape, 256, "fp32", chain) for role in roles]
+        name += R.CHAIN_SUFFIX if chain else ""
         if roles:
             out.append(_Target(f"training step fp32 B=256 {name} (fwd+dX+dValues): ≥ 1.5x 3 dense SGEMMs",
                                labels, 1.5, True))

@@ -303,7 +303,8 @@ def test_readme_targets_table_from_the_committed_csvs():
     # the forward / training-step targets are re-modeled by the calibration (gradient_topk's
     # problems may change with its kernels; a missing row then says so in the table)
     kernel_targets = [ln for ln in targets if not ln.startswith("| gradient_topk")]
-    assert len(kernel_targets) == 6
+    assert len(kernel_targets) == 10  # fwd and step on both ViT-B layers, each also in a batch-major chain; bf16 B=1 x 2
+    assert sum("in a batch-major chain" in ln for ln in kernel_targets) == 4
     assert not any("not in the calibration CSV" in ln for ln in kernel_targets)
     assert all(" (×/÷ " in h for h in text.split("\n\n")[1].splitlines()[:1])  # per-problem header carries the band
 

@@ -42,7 +42,7 @@ class Problem:
     hw: int = 0  # conv: input height = width
     G: int = 1  # fwd/dx/dw/bwd: rows sharing one index row (group-shared pattern, gather-MMA kernels)
     dx_mode: str = "deterministic"  # G > 1: the group dX mode ("deterministic" or "atomic")
-    batch_major: bool = False  # G > 1, fwd: x arrives batch-major (a view of xT) and y is written so too
+    batch_major: bool = False  # a layer in a chain: x and dY arrive batch-major (views of xT, dYT), y and dX leave so
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -60,8 +60,8 @@ class Problem:
             raise ValueError(f"K={self.K} exceeds the fan-in {fan_in} of in_features={self.in_features}")
         if self.G != 1 and (self.role not in LINEAR_ROLES or self.G < 1 or self.out_features % self.G):
             raise ValueError(f"G={self.G} needs role fwd/dx/dw/bwd and out_features divisible by G")
-        if self.batch_major and (self.G == 1 or self.role != "fwd"):
-            raise ValueError("batch_major needs role fwd with G > 1 (group_condensed_matmul's batch_major_out)")
+        if self.batch_major and self.role not in LINEAR_ROLES:
+            raise ValueError(f"batch_major needs a linear role {LINEAR_ROLES} (condensed_matmul's batch_major_out)")
         if self.dx_mode not in ("deterministic", "atomic"):
             raise ValueError(f"dx_mode must be 'deterministic' or 'atomic', got {self.dx_mode!r}")
         if self.role.startswith("conv") and self.hw < 1:
@@ -76,7 +76,7 @@ class Problem:
             core += f" {self.hw}x{self.hw}"
         if self.G > 1:
             core += f" G={self.G}" + (" atomic" if self.dx_mode == "atomic" and self.role in ("dx", "bwd") else "")
-            core += " batch-major" if self.batch_major else ""
+        core += " batch-major" if self.batch_major else ""
         return core
 
     @property
@@ -129,10 +129,14 @@ def _calls(p: Problem):
         x = torch.randn(p.batch, p.in_features, generator=gen).to(dt)
 
         def prepare():
-            # batch-major: x as the previous group op's batch_major_out leaves it (a view of xT)
-            xx = (x.t().contiguous().t() if p.batch_major else x.clone()).requires_grad_(p.role in ("dx", "bwd"))
+            # batch-major: x as the previous op's batch_major_out leaves it (a view of xT), and
+            # dY as the next layer's backward leaves it
+            def lay(t):
+                return t.t().contiguous().t() if p.batch_major else t.clone()
+
+            xx = lay(x).requires_grad_(p.role in ("dx", "bwd"))
             vv = pad_fan_in(vals.clone()) if p.G > 1 else vals.clone()  # clone() drops the padding
-            return xx, vv.requires_grad_(p.role in ("dw", "bwd")), torch.ones(p.batch, p.out_features, dtype=dt)
+            return xx, vv.requires_grad_(p.role in ("dw", "bwd")), lay(torch.ones(p.batch, p.out_features, dtype=dt))
 
         def forward(state):
             xx, vv, g = state
@@ -141,7 +145,7 @@ def _calls(p: Problem):
                     from ..group_ops import group_condensed_matmul
 
                     return group_condensed_matmul(xx, vv, idx, dx_mode=p.dx_mode, batch_major_out=p.batch_major), g, (xx, vv)
-                return tritonsparse.condensed_matmul(xx, vv, idx), g, (xx, vv)
+                return tritonsparse.condensed_matmul(xx, vv, idx, batch_major_out=p.batch_major), g, (xx, vv)
 
         def backward(state):
             # the op's backward alone: torch.autograd.grad runs no AccumulateGrad, whose copy

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import math
 import os
 import sys
@@ -270,6 +271,9 @@ def issue8_cases() -> list[Problem]:
     for shape in (VIT_FC1, VIT_FC2):
         for role in ("fwd", "dx", "dw", "bwd"):
             cases.append(Problem(role, batch=256, dtype="fp32", index_dtype="int32", **shape))
+    for shape in (VIT_FC1, VIT_FC2):  # the same layers in a chain: x and dY batch-major (batch_major_out)
+        for role in ("fwd", "bwd"):
+            cases.append(Problem(role, batch=256, dtype="fp32", index_dtype="int32", batch_major=True, **shape))
     cases.append(Problem("fwd", batch=16, dtype="bf16", index_dtype="int16", **VIT_FC2))
     for shape in (LLAMA_UP, LLAMA_DOWN):
         cases.append(Problem("fwd", batch=1, dtype="bf16", index_dtype="int16", **shape))
@@ -396,21 +400,30 @@ def step_roles(have) -> tuple:
     return ()
 
 
+CHAIN_SUFFIX = " in a batch-major chain"  # the targets' name for a layer whose x and dY come batch-major
+
+
+def is_chain(label: str) -> bool:
+    """Whether a report problem is a layer in a batch-major chain (``Problem.batch_major``)."""
+    return label.endswith(" batch-major")
+
+
 def targets_table(rows_) -> str:
     """Markdown: each issue-8 target, the modeled figure and what bounds it."""
     ops = _ops(rows_)
 
-    def find(role, shape, batch, dtype):
+    def find(role, shape, batch, dtype, chain=False):
         for label, rs in ops.items():
             r = rs[0]
-            if (r["role"], int(r["in"]), int(r["out"]), int(r["batch"]), r["dtype"]) == (
-                    role, shape["in_features"], shape["out_features"], batch, dtype):
+            if (r["role"], int(r["in"]), int(r["out"]), int(r["batch"]), r["dtype"], is_chain(label)) == (
+                    role, shape["in_features"], shape["out_features"], batch, dtype, chain):
                 return rs
         return None
 
     lines = ["| target (modeled, H100 SXM, 90% sparse) | modeled figure | met | what bounds it |", "|---|---|---|---|"]
-    for shape, name in ((VIT_FC1, "768→3072"), (VIT_FC2, "3072→768")):
-        rs = find("fwd", shape, 256, "fp32")
+    for (shape, name), chain in itertools.product(((VIT_FC1, "768→3072"), (VIT_FC2, "3072→768")), (False, True)):
+        rs = find("fwd", shape, 256, "fp32", chain)
+        name += CHAIN_SUFFIX if chain else ""
         if rs:
             r = rs[0]
             sp = _f(r["modeled_dense_us"]) / _op_time(rs)
@@ -421,9 +434,10 @@ def targets_table(rows_) -> str:
                          f"{sp:.2f}x SGEMM ({_op_time(rs):.1f} vs {_f(r['modeled_dense_us']):.1f} µs), "
                          f"{ipf:.1f} instr/FMA, {r['shfl']} SHFL, {r['bar']} BAR | {'yes' if ok else 'no'} | "
                          f"{r['bound']} |")
-    for shape, name in ((VIT_FC1, "768→3072"), (VIT_FC2, "3072→768")):
-        roles = step_roles(lambda role: find(role, shape, 256, "fp32") is not None)
-        parts = [find(role, shape, 256, "fp32") for role in roles]
+    for (shape, name), chain in itertools.product(((VIT_FC1, "768→3072"), (VIT_FC2, "3072→768")), (False, True)):
+        roles = step_roles(lambda role: find(role, shape, 256, "fp32", chain) is not None)
+        parts = [find(role, shape, 256, "fp32", chain) for role in roles]
+        name += CHAIN_SUFFIX if chain else ""
         if roles:
             t = sum(_op_time(rs) for rs in parts)
             d = sum(_f(rs[0]["modeled_dense_us"]) for rs in parts)
@@ -487,7 +501,7 @@ def main(argv=None):
     ap.add_argument("--gpu", default="h100", choices=sorted(M.GPUS))
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--G", type=int, default=1, help="fwd/dx/dw/bwd: rows per shared index row (group-shared pattern)")
-    ap.add_argument("--batch-major", action="store_true", help="fwd with G > 1: x batch-major, y written batch-major")
+    ap.add_argument("--batch-major", action="store_true", help="a layer in a chain: x and dY come batch-major, y and dX leave so (batch_major_out)")
     ap.add_argument("--cases", choices=["issue8", "groups", "smoke"], help="run a set of problems")
     ap.add_argument("--csv", help="write the rows to this CSV")
     ap.add_argument("--max-configs", type=int, help="only the first N pruned configs of each launch (smoke runs)")
