@@ -7,6 +7,8 @@ Methods (one row per measurement in the CSV; a method that cannot run records
   dense             torch.nn.functional.linear with the dense weight (cuBLAS / MKL)
   condensed_triton  tritonsparse.condensed_matmul, Triton kernels (GPU only)
   condensed_torch   tritonsparse.condensed_matmul, plain-torch path (torch.sparse inside)
+  blocked_torch     tritonsparse.nn.BlockedCondensedLinear: the same weight stored as
+                    column-blocked CSR for CPU inference (forward only; made once per point)
   csr_triton        tritonsparse.csr_matmul, Triton row-gather kernel (GPU only)
   torch_csr         torch.sparse.mm with a sparse CSR weight (cuSPARSE / MKL), as is
   structured        a dense F.linear over (1 - sparsity) * out_features rows: what
@@ -72,7 +74,7 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta"
 warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION is unset")
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ["dense", "condensed_triton", "condensed_torch", "csr_triton", "torch_csr", "structured"]
+METHODS = ["dense", "condensed_triton", "condensed_torch", "blocked_torch", "csr_triton", "torch_csr", "structured"]
 TRITON_METHODS = {"condensed_triton", "csr_triton"}
 MODES = ["forward", "train"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -212,6 +214,17 @@ class Problem:
         self.b_struct = self.bias[: self.n_struct].clone()
         self.es = torch.finfo(dtype).bits // 8
         self.index_bytes = torch.iinfo(self.indices.dtype).bits // 8
+        self._blocked = None
+
+    def blocked(self):
+        """The weight as a ``BlockedCondensedLinear`` (made on first use, outside the timing)."""
+        if self._blocked is None:
+            from tritonsparse import cpu
+            from tritonsparse.nn import BlockedCondensedLinear
+
+            crow, col, vals, edges = cpu.column_blocks(self.values, self.indices, None, (self.out_f, self.in_f))
+            self._blocked = BlockedCondensedLinear(self.in_f, self.out_f, crow, col, vals, edges, self.bias)
+        return self._blocked
 
     def cost(self, method, batch, mode):
         """(FLOPs, bytes) of one call: useful FLOPs and compulsory traffic."""
@@ -223,6 +236,8 @@ class Problem:
         else:
             flops, out_f = 2 * b * self.nnz, self.out_f
             w_bytes = self.nnz * (es + self.index_bytes)
+            if method == "blocked_torch":  # fp32 values and int32 columns, whatever the dtype
+                w_bytes = self.nnz * 8 + (self.in_f // 4096 + 1) * (self.out_f + 1) * 4
             if method in ("csr_triton", "torch_csr"):
                 w_bytes += (self.out_f + 1) * self.index_bytes
         act_bytes = es * b * (self.in_f + out_f)
@@ -238,12 +253,17 @@ def build(method, p: Problem, batch, mode):
 
     if method in TRITON_METHODS and p.device.type != "cuda":
         raise Skip("no GPU: Triton kernels would run in the interpreter, which is not timed")
+    if method == "blocked_torch" and mode != "forward":
+        raise Skip("an inference layout (no gradient with respect to the weight)")
+    if method == "blocked_torch":
+        p.blocked()  # the layout is made once, before any timing
     dense_call = lambda x, w, b: F.linear(x, w, b)  # noqa: E731
     table = {
         "dense": (dense_call, [p.dense, p.bias], None),
         "structured": (dense_call, [p.w_struct, p.b_struct], None),
         "condensed_triton": (lambda x, v, b: tritonsparse.condensed_matmul(x, v, p.indices, b), [p.values, p.bias], "triton"),
         "condensed_torch": (lambda x, v, b: tritonsparse.condensed_matmul(x, v, p.indices, b), [p.values, p.bias], "torch"),
+        "blocked_torch": (lambda x, v, b: p.blocked()(x), [p.values, p.bias], "torch"),
         "csr_triton": (tritonsparse.csr_matmul, [p.csr, p.bias], "triton"),
         "torch_csr": (lambda x, w, b: torch.sparse.mm(w, x.t()).t() + b, [p.csr, p.bias], None),
     }
@@ -410,8 +430,8 @@ def read_csv(path):
 
 
 # -- plots and tables from a CSV -----------------------------------------------------------
-COLORS = {"dense": "black", "condensed_triton": "tab:blue", "condensed_torch": "tab:cyan", "csr_triton": "tab:red",
-          "torch_csr": "tab:orange", "structured": "tab:green"}
+COLORS = {"dense": "black", "condensed_triton": "tab:blue", "condensed_torch": "tab:cyan", "blocked_torch": "tab:purple",
+          "csr_triton": "tab:red", "torch_csr": "tab:orange", "structured": "tab:green"}
 
 
 def _key(r):

@@ -43,8 +43,8 @@ def test_csv_is_tidy_and_complete(sweep):
     assert path.name.startswith("sweep_cpu_custom_")  # names the device and the grid
     rows = list(csv.DictReader(open(path)))
     assert list(rows[0].keys()) == mod.FIELDS
-    # dense once per (dtype, mode, batch); five sparse methods per sparsity
-    assert len(rows) == 2 * 2 * 2 * (1 + 2 * 5)
+    # dense once per (dtype, mode, batch); six sparse methods per sparsity
+    assert len(rows) == 2 * 2 * 2 * (1 + 2 * 6)
     assert {r["device_type"] for r in rows} == {"cpu"} and {r["threads"] for r in rows} == {"1"}
     ok = [r for r in rows if r["status"] == "ok"]
     for r in ok:
@@ -58,6 +58,10 @@ def test_csv_is_tidy_and_complete(sweep):
     measured = {(r["method"], r["dtype"]) for r in ok}
     assert {("dense", "fp32"), ("condensed_torch", "fp32"), ("torch_csr", "fp32"), ("structured", "bf16"),
             ("condensed_torch", "bf16")} <= measured
+    # the blocked CPU layout is an inference layout: timed forward, skipped (saying why) in training
+    blocked = [r for r in rows if r["method"] == "blocked_torch"]
+    assert all(r["status"] == "ok" for r in blocked if r["mode"] == "forward")
+    assert all(r["status"].startswith("skipped: an inference layout") for r in blocked if r["mode"] == "train")
     # never time the interpreter: without a GPU the Triton methods are skipped, and say why
     for r in rows:
         if r["method"] in ("condensed_triton", "csr_triton"):

@@ -85,3 +85,64 @@ def condensed_dw(grad2, x2, indices, out_dtype):
     for s in range(0, n, chunk):
         out[s : s + chunk] = (gt[s : s + chunk] @ xf).gather(1, idx[s : s + chunk])
     return out
+
+
+# -- column-blocked CSR: a stored inference layout for matrix-vector products ------------
+BLOCK_COLUMNS = 4096  # x columns per block: 16 KB of fp32, inside a core's L1d with room to spare
+
+
+def column_blocks(values, indices, active_rows, shape, block_columns: int = BLOCK_COLUMNS):
+    """The condensed weight ``values`` / ``indices`` (n_active, K) of ``active_rows`` (a
+    (n_active,) index tensor, or None for every row) of a (n, in_features) ``shape``,
+    split by input column into C = ceil(in_features / block_columns) equal blocks, each a
+    CSR matrix over all n rows. Returns ``(crow, col, vals, edges)``: ``crow`` (C, n + 1)
+    int32 row pointers of each block (from 0), ``col`` (nnz,) int32 columns relative to
+    the block's first column, ``vals`` (nnz,) fp32, the blocks one after the other, and
+    ``edges`` (C + 1,) int64 column boundaries. Indices are checked to lie in
+    [0, in_features). Made once (it copies the values into block order)."""
+    n, in_features = shape
+    if isinstance(block_columns, bool) or not isinstance(block_columns, int) or block_columns < 1:
+        raise ValueError(f"block_columns must be a positive int, got {block_columns!r}")
+    idx = indices.long()
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= in_features):
+        raise ValueError(f"indices must lie in [0, in_features={in_features})")
+    rows = torch.arange(n, device=idx.device) if active_rows is None else active_rows.long()
+    blocks = max(1, -(-in_features // block_columns))
+    edges = torch.div(torch.arange(blocks + 1, dtype=torch.int64) * in_features, blocks, rounding_mode="floor")
+    crow = torch.zeros(blocks, n + 1, dtype=torch.int32, device=idx.device)
+    cols, vals = [], []
+    v = values.detach().float()
+    for c in range(blocks):
+        lo, hi = int(edges[c]), int(edges[c + 1])
+        inside = (idx >= lo) & (idx < hi)
+        counts = torch.zeros(n, dtype=torch.int64, device=idx.device)
+        counts[rows] = inside.sum(1)
+        crow[c, 1:] = counts.cumsum(0).to(torch.int32)
+        full_idx = torch.zeros(n, idx.shape[1], dtype=torch.int64, device=idx.device)
+        full_val = torch.zeros(n, idx.shape[1], dtype=torch.float32, device=idx.device)
+        full_in = torch.zeros(n, idx.shape[1], dtype=torch.bool, device=idx.device)
+        full_idx[rows], full_val[rows], full_in[rows] = idx, v, inside
+        cols.append((full_idx[full_in] - lo).to(torch.int32))  # row-major order: row by row
+        vals.append(full_val[full_in])
+    return crow, torch.cat(cols), torch.cat(vals), edges
+
+
+def blocked_matmul(x2, crow, col, vals, edges, bias=None):
+    """x2 (B, in_features) times the column-blocked CSR weight of :func:`column_blocks`:
+    one sparse product per block over x's columns of that block, summed in block order.
+    Returns (B, n) in x2's dtype (computed in fp32, as a transposed view of (n, B))."""
+    blocks, n = crow.shape[0], crow.shape[1] - 1
+    xf = x2.float()
+    y_t = None
+    start = 0
+    for c in range(blocks):
+        lo, hi = int(edges[c]), int(edges[c + 1])
+        nnz = int(crow[c, -1])
+        w = _csr(crow[c], col[start:start + nnz], vals[start:start + nnz], (n, hi - lo))
+        start += nnz
+        part = (torch.mv(w, xf[0, lo:hi]).unsqueeze(1) if x2.shape[0] == 1
+                else torch.sparse.mm(w, xf[:, lo:hi].t().contiguous()))
+        y_t = part if y_t is None else y_t.add_(part)
+    if bias is not None:
+        y_t += bias.float()[:, None]
+    return y_t.to(x2.dtype).t()

@@ -30,7 +30,7 @@ from torch import nn
 
 from .dst.masked import MaskedConv2d, MaskedLinear
 from .formats import CondensedWeight
-from .nn import CondensedConv2d, CondensedLinear
+from .nn import BlockedCondensedLinear, CondensedConv2d, CondensedLinear
 
 _ELEMENTWISE = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Identity, nn.Dropout,
                 nn.ReLU6, nn.Softplus, nn.Mish, nn.Hardswish)
@@ -182,19 +182,25 @@ def _set(model, name, module):
 
 
 @torch.no_grad()
-def export(model: nn.Module, remove_ablated: bool = True) -> nn.Module:
+def export(model: nn.Module, remove_ablated: bool = True, cpu_blocked: bool = False) -> nn.Module:
     """An inference copy of a trained sparse ``model`` (``model`` itself is untouched).
 
     Args:
         model: a model trained with ``tritonsparse.dst`` (condensed or masked layers).
         remove_ablated: physically remove ablated neurons along linear chains (see the
             module docstring for the supported graph shapes).
+        cpu_blocked: finally replace every condensed linear layer by a
+            :class:`~tritonsparse.nn.BlockedCondensedLinear` (the weight as column-blocked
+            CSR, for CPU inference at small batch on layers whose input does not fit a
+            core's L1 cache; buffers only, no training).
 
     Returns:
         the exported model, in eval mode. Its outputs equal ``model``'s in eval mode.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(cpu_blocked, bool):
+        raise TypeError(f"cpu_blocked must be a bool, got {type(cpu_blocked).__name__}")
     model = copy.deepcopy(model).eval()
     for m in model.modules():
         if getattr(m, "capture_hook", None) is not None:
@@ -214,4 +220,10 @@ def export(model: nn.Module, remove_ablated: bool = True) -> nn.Module:
         constant = act(bias) if act is not None else bias  # what the ablated neurons output
         _set(model, next_name, _drop_inputs(nxt, keep, constant).eval())
         _set(model, name, _drop_outputs(layer, keep).eval())
+    if cpu_blocked:
+        if isinstance(model, CondensedLinear):  # the model is the layer itself
+            return BlockedCondensedLinear.from_condensed(model).eval()
+        for name, m in list(model.named_modules()):
+            if name and isinstance(m, CondensedLinear):
+                _set(model, name, BlockedCondensedLinear.from_condensed(m).eval())
     return model
