@@ -249,7 +249,10 @@ def choose_path(total_rows: int, in_features: int, out_features: int) -> str:
 
 def _row_topk(scores: torch.Tensor, k: int, exclude: torch.Tensor | None):
     """Per row the ``k`` largest ``scores`` not in ``exclude``, ties to the smaller
-    column, padded with (-inf, -1): the contract of :func:`tritonsparse.gradient_topk`."""
+    column, padded with (-inf, -1): the contract of :func:`tritonsparse.gradient_topk`,
+    under which a NaN score is never selected (a descending sort would put it first).
+    ``scores`` is overwritten."""
+    scores.masked_fill_(torch.isnan(scores), -float("inf"))
     if exclude is not None and exclude.numel():
         ex = exclude.long()
         ok = ex >= 0
