@@ -35,7 +35,9 @@ class _KeyRecorder:
         return launch
 
     def _size_args(self):
-        return ("n_bucket", "k_bucket") if "k_bucket" in self.tuner.keys else ("n_bucket", "len_bucket")
+        if "k_bucket" in self.tuner.keys:
+            return ("n_bucket", "k_bucket", "xT_ptr")
+        return ("n_bucket", "len_bucket", "inT_ptr")
 
 
 def _srigl_run(in_features=768, out_features=3072, density=0.1, updates=200, seed=0):

@@ -192,6 +192,34 @@ def test_gpu_every_config(kernel):
         tuner.cache.clear()
 
 
+@pytest.mark.skipif(not _triton.interpreting(), reason="kernels on CPU need TRITON_INTERPRET=1")
+@pytest.mark.parametrize("tile", [(16, 1, 16, 8, 1)], ids=["16x16-u8-w1"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_sixteen_column_rows_tiles_on_the_interpreter(tile, dtype):
+    """The 16-column rows tile (two 8-column halves per thread, 8 slots per step) forced
+    on the forward and dX kernels, in the interpreter, on odd shapes: a padded batch (37 ->
+    48: three batch tiles, the last partly dead), a fan-in tail (19 = 2 steps + 3), rows
+    past a tile, against the fp64 reference."""
+    import importlib
+
+    from tritonsparse.kernels import _configs
+
+    cfg = _configs._config(*tile)
+    tuners = [importlib.import_module(f"tritonsparse.kernels.{m}").AOT_SPECS[0][0] for m in ("condensed_fwd", "csr_gather")]
+    saved = [t.configs for t in tuners]
+    try:
+        for t in tuners:
+            t.configs = [cfg]
+            t.cache.clear()
+        for batch in (37, 5):
+            _check(*_problem((batch,), 61, 45, 19, dtype, torch.int16), dtype)
+        assert all(t.best_config is cfg for t in tuners)  # both kernels ran the forced tile
+    finally:
+        for t, c in zip(tuners, saved):
+            t.configs = c
+            t.cache.clear()
+
+
 @pytest.mark.parametrize("batch, padded", [(1, 1), (7, 7), (16, 16), (17, 32), (40, 48), (64, 64)])
 def test_batch_major_pads_past_16(batch, padded):
     from tritonsparse.ops import _batch_major

@@ -4,9 +4,9 @@ A gather kernel owns a (BLOCK_N rows x BLOCK_B batch) output tile and walks the
 nonzeros of its rows (loop bodies in ``_gather``). Two regimes:
   * batch <= 16 (memory-bound): BLOCK_B equal to the batch bucket and chunks of BLOCK_K
     nonzeros spread over lanes, so a warp reads a row's indices and values coalesced;
-  * batch >= 32 (L1/FMA-bound): wide batch tiles, one nonzero at a time, so each
-    gathered index and value feeds many FMAs; and 16-column tiles, whose batch slice of
-    x stays in L1 when in_features is large.
+  * batch >= 32 (L1/FMA-bound): batch tiles of 16 to 256 columns, one nonzero at a
+    time, so each gathered index and value feeds 8 FMAs per thread; the 16-column ones
+    (rows and chunk bodies) keep their batch slice of x in L1 when in_features is large.
 
 Autotune keys are size *buckets* (``size_bucket(n)``, ``size_bucket(K)``, the batch
 bucket), not raw sizes, so a dynamic-sparse-training update that ablates a neuron or
@@ -39,8 +39,16 @@ _SMALL_BATCH_TILES = [
     (4, 16, 16, 4, 4), (8, 8, 16, 4, 4), (2, 16, 16, 4, 2), (2, 32, 16, 4, 4), (1, 32, 16, 8, 2),
 ]
 # Large batch (2-D rows body, selected by BLOCK_K == 1): UNROLL slots per step, a thread holds two
-# 128-bit vectors of each of its rows.
+# 128-bit vectors of each of its rows. The 16-column rows tile keeps a batch slice of x that
+# fits L1 for in_features ~3072 (fp32: 192 KB) where the 32-column ones spill to L2 (3072->768
+# at B=256: 11.7 modeled us against 14.7 for the best chunk tile); 8 slots per step hide the
+# gather latency that 4 leave exposed with one warp. fp32 only (FP32_ONLY_TILES): with 16-bit
+# elements its 8-column halves load as 64-bit vectors, and the 32-column tiles' slice of a
+# 16-bit x fits L1 already. (Wider variants: 32 rows on 1 warp shuffles in the loop, 32 rows
+# on 2 warps spills in the dX kernel on sm_80.)
+FP32_ONLY_TILES = {(16, 1, 16, 8, 1)}
 _LARGE_BATCH_TILES = [
+    (16, 1, 16, 8, 1),
     (64, 1, 32, 4, 4), (32, 1, 32, 4, 2),
     (32, 1, 64, 4, 4), (16, 1, 64, 4, 2),
     (16, 1, 128, 4, 4), (32, 1, 128, 2, 4),
@@ -67,16 +75,19 @@ def gather_configs(exclude=()):
     return [_config(16, 16, 4, 1, 4)] + [_config(*t) for t in tiles]
 
 
-def prune_gather_configs(n_arg: str, k_arg: str):
+def prune_gather_configs(n_arg: str, k_arg: str, x_arg: str):
     """Early prune for a gather kernel: keep the tiles of the batch regime of the call,
-    with BLOCK_K no longer than the fan-in bucket and BLOCK_N not past the rows bucket.
-    ``n_arg`` and ``k_arg`` name bucketed kernel arguments (powers of two), so the kept
-    set is the same for every size in a bucket."""
+    with BLOCK_K no longer than the fan-in bucket and BLOCK_N not past the rows bucket,
+    and the ``FP32_ONLY_TILES`` only when the gathered operand ``x_arg`` has 4-byte
+    elements. ``n_arg`` and ``k_arg`` name bucketed kernel arguments (powers of two), so
+    the kept set is the same for every size in a bucket."""
 
     def prune(configs, named_args, **kwargs):
         b = int(named_args["b_bucket"])
         n = max(int(named_args[n_arg]), 1)
         k = max(int(named_args[k_arg]), 1)
+        if named_args[x_arg].element_size() != 4:
+            configs = configs[:1] + [c for c in configs[1:] if tile_of(c) not in FP32_ONLY_TILES]
         if b <= SMALL_BATCH:
             regime = [c for c in configs[1:] if c.kwargs["BLOCK_B"] == b]  # configs[0]: the interpreter's
         else:

@@ -7,7 +7,7 @@ Both kernels compute, for a tile of output rows r and batch columns b,
 over the nonzeros k of each row, with no reduction inside the loop. Two tile shapes,
 chosen by the config (see ``_configs``):
 
-* :func:`rows_step` (tiles with BLOCK_K == 1, batch >= 32): a 2-D (BLOCK_N, BLOCK_B) accumulator and ``UNROLL``
+* :func:`rows_step` (tiles with BLOCK_K == 1, batch >= 16): a 2-D (BLOCK_N, BLOCK_B) accumulator and ``UNROLL``
   nonzeros per step, one at a time. Each thread holds whole 128-bit batch vectors of its
   rows; a row's index and value are loaded once per thread and feed every FMA of that
   row. The row pointers are loop-invariant, so the ``UNROLL`` loads of a step use

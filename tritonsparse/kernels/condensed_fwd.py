@@ -60,7 +60,7 @@ from ._gather import gather_rows
 @autotune(
     configs=gather_configs(),
     key=["n_bucket", "k_bucket", "b_bucket", "SPLIT", "INT64"],
-    prune_configs_by={"early_config_prune": prune_gather_configs("n_bucket", "k_bucket")},
+    prune_configs_by={"early_config_prune": prune_gather_configs("n_bucket", "k_bucket", "xT_ptr")},
 )
 @triton.jit(do_not_specialize=["n_bucket", "k_bucket", "b_bucket"])
 def _condensed_fwd_kernel(

@@ -51,7 +51,7 @@ _STACK_TILES = {(32, 1, 32, 4, 2), (32, 1, 64, 4, 4), (32, 1, 128, 2, 4)}
 @autotune(
     configs=gather_configs(exclude=_STACK_TILES),
     key=["n_bucket", "len_bucket", "b_bucket", "INT64"],
-    prune_configs_by={"early_config_prune": prune_gather_configs("n_bucket", "len_bucket")},
+    prune_configs_by={"early_config_prune": prune_gather_configs("n_bucket", "len_bucket", "inT_ptr")},
 )
 @triton.jit(do_not_specialize=["n_bucket", "len_bucket", "b_bucket"])
 def _csr_gather_kernel(
