@@ -236,8 +236,8 @@ class Problem:
         else:
             flops, out_f = 2 * b * self.nnz, self.out_f
             w_bytes = self.nnz * (es + self.index_bytes)
-            if method == "blocked_torch":  # fp32 values and int32 columns, whatever the dtype
-                w_bytes = self.nnz * 8 + (self.in_f // 4096 + 1) * (self.out_f + 1) * 4
+            if method == "blocked_torch":  # fp32 values and int32 columns, whatever the dtype, + row pointers
+                w_bytes = self.nnz * 8 + self.blocked().crow.numel() * 4
             if method in ("csr_triton", "torch_csr"):
                 w_bytes += (self.out_f + 1) * self.index_bytes
         act_bytes = es * b * (self.in_f + out_f)

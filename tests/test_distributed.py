@@ -429,14 +429,14 @@ def test_clear_errors_for_unsupported_setups():
 
 
 def test_row_topk_follows_the_gradient_topk_contract():
-    """The DDP path's selection over the all-reduced gradient rows: ties to the smaller
-    column, excluded columns and NaN scores never selected, short rows padded (-inf, -1),
-    as ``tritonsparse.gradient_topk``."""
-    from tritonsparse.dst.distributed import _row_topk
+    """The DDP reduce path ranks the all-reduced gradient rows with gradient_topk's own
+    selection (``_select_torch``): ties to the smaller column, excluded columns and NaN
+    scores never selected, short rows padded (-inf, -1)."""
+    from tritonsparse.kernels.gradient_topk import _select_torch
 
     nan = float("nan")
-    scores = torch.tensor([[0.5, nan, 2.0, 2.0, -1.0], [nan, nan, nan, 1.0, 3.0]])
+    scores = torch.tensor([[0.5, nan, 2.0, -2.0, 0.25], [nan, nan, nan, 1.0, 3.0]])  # signed gradient entries
     exclude = torch.tensor([[0, -1], [4, -1]], dtype=torch.int32)
-    top, idx = _row_topk(scores.clone(), 3, exclude)
+    top, idx = _select_torch(scores.clone(), 3, exclude)
     assert idx.tolist() == [[2, 3, 4], [3, -1, -1]]
-    assert top[0].tolist() == [2.0, 2.0, -1.0] and top[1, 0] == 1.0 and torch.isinf(top[1, 1:]).all()
+    assert top[0].tolist() == [2.0, 2.0, 0.25] and top[1, 0] == 1.0 and torch.isinf(top[1, 1:]).all()

@@ -65,6 +65,13 @@ def nchw_to_rows(y):
     return y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
 
 
+def _fold_rows(g2, x_shape, geometry):
+    """The gradient of the unfolded rows (B·L, C·kh·kw) folded back onto x (B, C, H, W)."""
+    kernel_size, stride, padding, dilation = geometry
+    cols = g2.view(x_shape[0], -1, g2.shape[1]).transpose(1, 2)  # (B, CKK, L)
+    return F.fold(cols, x_shape[2:], kernel_size, dilation=dilation, padding=padding, stride=stride)
+
+
 def _implicit_forward(ctx, launch, x, values, indices, bias, geometry, pattern):
     """The forward of both implicit Functions: range check, output, ``launch`` of the
     forward kernel, and what the backward keeps."""
@@ -102,8 +109,7 @@ class _ImplicitConv2d(torch.autograd.Function):
             # only the dX half of the condensed matmul backward: x is not needed there
             gx2, _ = _matmul_backward(grad2, grad2.new_empty(0, in_features), False, values, indices, True, False,
                                       ctx.pattern)
-            cols = gx2.view(x.shape[0], -1, in_features).transpose(1, 2)  # (B, CKK, L)
-            gx = F.fold(cols, x.shape[2:], kernel_size, dilation=dilation, padding=padding, stride=stride)
+            gx = _fold_rows(gx2, x.shape, ctx.geometry)
         if ctx.needs_input_grad[1]:
             ctx.pattern.check_range(indices)  # the indices may have been written since the forward
             gv = torch.empty(values.shape, dtype=values.dtype, device=values.device)
@@ -129,7 +135,7 @@ class _ImplicitGroupConv2d(torch.autograd.Function):
         from .group_ops import _backward as group_backward
 
         x, values, indices = ctx.saved_tensors
-        kernel_size, stride, padding, dilation = ctx.geometry
+        kernel_size = ctx.geometry[0]
         need_x, need_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         in_features = x.shape[1] * kernel_size[0] * kernel_size[1]
         grad2 = nchw_to_rows(grad).contiguous()  # (B·L, n)
@@ -139,8 +145,7 @@ class _ImplicitGroupConv2d(torch.autograd.Function):
                                  "deterministic", False)
         gx = gb = None
         if need_x:
-            cols = gx2.view(x.shape[0], -1, in_features).transpose(1, 2)  # (B, CKK, L)
-            gx = F.fold(cols, x.shape[2:], kernel_size, dilation=dilation, padding=padding, stride=stride)
+            gx = _fold_rows(gx2, x.shape, ctx.geometry)
         if ctx.has_bias and ctx.needs_input_grad[3]:
             gb = _grad_bias(grad2, grad.dtype)
         return gx, (gv if need_values else None), None, gb, None, None

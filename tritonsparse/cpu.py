@@ -14,6 +14,8 @@ import warnings
 
 import torch
 
+from ._validate import check_indices_in_range
+
 # torch warns on every CSR construction that the layout is beta; that is known here
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
@@ -103,27 +105,23 @@ def column_blocks(values, indices, active_rows, shape, block_columns: int = BLOC
     n, in_features = shape
     if isinstance(block_columns, bool) or not isinstance(block_columns, int) or block_columns < 1:
         raise ValueError(f"block_columns must be a positive int, got {block_columns!r}")
+    check_indices_in_range("indices", indices, in_features)
     idx = indices.long()
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= in_features):
-        raise ValueError(f"indices must lie in [0, in_features={in_features})")
     rows = torch.arange(n, device=idx.device) if active_rows is None else active_rows.long()
     blocks = max(1, -(-in_features // block_columns))
     edges = torch.div(torch.arange(blocks + 1, dtype=torch.int64) * in_features, blocks, rounding_mode="floor")
+    # every row of the layer, ablated ones with column -1 (inside no block)
+    full_idx = torch.full((n, idx.shape[1]), -1, dtype=torch.int64, device=idx.device)
+    full_val = torch.zeros(n, idx.shape[1], dtype=torch.float32, device=idx.device)
+    full_idx[rows], full_val[rows] = idx, values.detach().float()
     crow = torch.zeros(blocks, n + 1, dtype=torch.int32, device=idx.device)
     cols, vals = [], []
-    v = values.detach().float()
     for c in range(blocks):
         lo, hi = int(edges[c]), int(edges[c + 1])
-        inside = (idx >= lo) & (idx < hi)
-        counts = torch.zeros(n, dtype=torch.int64, device=idx.device)
-        counts[rows] = inside.sum(1)
-        crow[c, 1:] = counts.cumsum(0).to(torch.int32)
-        full_idx = torch.zeros(n, idx.shape[1], dtype=torch.int64, device=idx.device)
-        full_val = torch.zeros(n, idx.shape[1], dtype=torch.float32, device=idx.device)
-        full_in = torch.zeros(n, idx.shape[1], dtype=torch.bool, device=idx.device)
-        full_idx[rows], full_val[rows], full_in[rows] = idx, v, inside
-        cols.append((full_idx[full_in] - lo).to(torch.int32))  # row-major order: row by row
-        vals.append(full_val[full_in])
+        inside = (full_idx >= lo) & (full_idx < hi)
+        crow[c, 1:] = inside.sum(1).cumsum(0).to(torch.int32)
+        cols.append((full_idx[inside] - lo).to(torch.int32))  # row-major order: row by row
+        vals.append(full_val[inside])
     return crow, torch.cat(cols), torch.cat(vals), edges
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ._layout import as_batch_major, kernel_layout
 from ._structure import Pattern, pattern_for
 from ._triton import backend_for
 from ._validate import FLOAT_DTYPES, INDEX_DTYPES, check_same_device, check_tensor, is_symbolic
@@ -104,11 +105,6 @@ def torch_dx(grad2, values, indices, in_features):
 
 
 # -- implementations on 2-D inputs ----------------------------------------------------------
-def _batch_major(y):
-    """y (B, n) as a view of (n, B) storage (a copy unless it already is one)."""
-    return y.t().contiguous().t()
-
-
 def _forward(x2, values, indices, bias, pattern, tf32, batch_major_out=False):
     """(y, xT or x2, transposed?). ``x2.t()`` contiguous (a batch-major x) is gathered from
     in place; any other layout is transposed once into xT."""
@@ -117,10 +113,10 @@ def _forward(x2, values, indices, bias, pattern, tf32, batch_major_out=False):
     if 0 in (batch, n, k):  # nothing to gather: no kernel is launched
         y = x2.new_zeros(batch, n)
         y = y if bias is None else y + bias
-        return (_batch_major(y) if batch_major_out else y), x2, False
+        return (as_batch_major(y) if batch_major_out else y), x2, False
     if backend_for(x2.device) == "torch":
         y = torch_fwd(x2, values, indices, bias)
-        return (_batch_major(y) if batch_major_out else y), x2, False
+        return (as_batch_major(y) if batch_major_out else y), x2, False
     from .kernels.group_mma import group_fwd
 
     x_t = x2.t().contiguous()
@@ -165,16 +161,6 @@ def _grad_bias(grad2, dtype):
     return grad2.sum(0, dtype=torch.float32).to(dtype)
 
 
-def _kernel_layout(grad):
-    """dY as the kernels take it: row-major or batch-major kept as is (the dX and dValues
-    kernels read either), anything else (an expanded or sliced gradient) made contiguous."""
-    if grad.stride(-1) == 1 and grad.stride(0) == grad.shape[1]:
-        return grad
-    if grad.stride(0) == 1 and grad.stride(1) == grad.shape[0]:
-        return grad
-    return grad.contiguous()
-
-
 class _GroupMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2, values, indices, bias, pattern, dx_mode, tf32, batch_major_out):
@@ -188,7 +174,7 @@ class _GroupMatmul(torch.autograd.Function):
     def backward(ctx, grad):
         x_saved, values, indices = ctx.saved_tensors
         need_x, need_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad = _kernel_layout(grad)
+        grad = kernel_layout(grad)
         gx, gv = _backward(grad, x_saved, ctx.transposed, values, indices, need_x, need_values, ctx.pattern,
                            ctx.dx_mode, ctx.tf32)
         gb = _grad_bias(grad, grad.dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None

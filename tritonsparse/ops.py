@@ -11,6 +11,7 @@ import torch
 
 from . import cpu
 from ._cache import memo_of
+from ._layout import as_batch_major, is_batch_major, kernel_layout
 from ._structure import Pattern, pattern_for
 from ._triton import backend_for
 from ._validate import FLOAT_DTYPES, INDEX_DTYPES, check_same_device, check_tensor, is_symbolic
@@ -53,10 +54,10 @@ def _forward(x2, values, indices, bias, pattern: Pattern, batch_major_out: bool 
     if _empty_product(batch, n, k):
         y = x2.new_zeros(batch, n)
         y = y if bias is None else y + bias
-        return (_as_batch_major(y) if batch_major_out else y), x2, False
+        return (as_batch_major(y) if batch_major_out else y), x2, False
     if backend_for(x2.device) == "torch":
         y = cpu.condensed_fwd(x2, values, indices, bias)
-        return (_as_batch_major(y) if batch_major_out else y), x2, False
+        return (as_batch_major(y) if batch_major_out else y), x2, False
     from .kernels.condensed_fwd import condensed_fwd
 
     x_t = _batch_major(x2)
@@ -66,16 +67,6 @@ def _forward(x2, values, indices, bias, pattern: Pattern, batch_major_out: bool 
         out = torch.empty(x_t.shape[1], n, dtype=x2.dtype, device=x2.device)
     bias = bias.contiguous() if bias is not None else None  # the kernels read the bias as contiguous
     return condensed_fwd(x_t, values, indices, bias, out)[:batch], x_t, True
-
-
-def _as_batch_major(y):
-    """The same values as a (B, n) view of (n, B) storage."""
-    return y.t().contiguous().t()
-
-
-def _is_batch_major(t) -> bool:
-    """True for a (B, m) view of (m, B) storage with B > 1 (``_batch_major`` is then free)."""
-    return t.dim() == 2 and t.shape[0] > 1 and t.stride(0) == 1 and t.t().is_contiguous()
 
 
 def _backward(grad2, x_saved, transposed, values, indices, need_x: bool, need_values: bool, pattern: Pattern | None = None,
@@ -145,7 +136,7 @@ class _CondensedMatmul(torch.autograd.Function):
         y, x_saved, transposed = _forward(x2, values, indices, bias, pattern, batch_major_out)
         ctx.save_for_backward(x_saved, values, indices)
         ctx.transposed, ctx.pattern = transposed, pattern
-        ctx.dx_batch_major = transposed and _is_batch_major(x2)  # dX in the layout x came in
+        ctx.dx_batch_major = transposed and is_batch_major(x2)  # dX in the layout x came in
         ctx.has_bias = bias is not None
         return y
 
@@ -153,8 +144,7 @@ class _CondensedMatmul(torch.autograd.Function):
     def backward(ctx, grad):
         x_saved, values, indices = ctx.saved_tensors
         need_x, need_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if not (grad.is_contiguous() or _is_batch_major(grad)):  # both layouts are read in place
-            grad = grad.contiguous()
+        grad = kernel_layout(grad)
         gx, gv = _backward(grad, x_saved, ctx.transposed, values, indices, need_x, need_values, ctx.pattern,
                            ctx.dx_batch_major)
         gb = _grad_bias(grad, grad.dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None
@@ -325,5 +315,5 @@ def _grouped(values, indices) -> bool:
 def _dispatch(x2, values, indices, bias, pattern, batch_major_out=False):
     if torch.compiler.is_compiling() or is_symbolic(x2) or is_symbolic(values) or is_symbolic(indices):
         y = torch.ops.tritonsparse.condensed_matmul(x2, values, indices, bias)  # its fake rule gives the shape
-        return _as_batch_major(y) if batch_major_out else y  # the layout promised, by a copy the compiler sees
+        return as_batch_major(y) if batch_major_out else y  # the layout promised, by a copy the compiler sees
     return _CondensedMatmul.apply(x2, values, indices, bias, pattern, batch_major_out)

@@ -247,22 +247,6 @@ def choose_path(total_rows: int, in_features: int, out_features: int) -> str:
     return "gather" if total_rows * (in_features + out_features) < in_features * out_features else "reduce"
 
 
-def _row_topk(scores: torch.Tensor, k: int, exclude: torch.Tensor | None):
-    """Per row the ``k`` largest ``scores`` not in ``exclude``, ties to the smaller
-    column, padded with (-inf, -1): the contract of :func:`tritonsparse.gradient_topk`,
-    under which a NaN score is never selected (a descending sort would put it first).
-    ``scores`` is overwritten."""
-    scores.masked_fill_(torch.isnan(scores), -float("inf"))
-    if exclude is not None and exclude.numel():
-        ex = exclude.long()
-        ok = ex >= 0
-        rows = torch.arange(scores.shape[0], device=scores.device)[:, None].expand_as(ex)
-        scores[rows[ok], ex[ok]] = -float("inf")
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
-    top = scores.gather(1, order)
-    return top, torch.where(top == -float("inf"), torch.full_like(order, -1), order)
-
-
 def _partial_rows(x, g, rows, world, tf32):
     """This rank's share of the given ``rows`` (int64) of the averaged gradient, fp32
     on the comm device."""
@@ -283,6 +267,8 @@ def _reduce_candidates(x, g, out_f, in_f, world, tf32):
     broadcasts ``k`` and the requested rows, and the other ranks (in
     :func:`_serve_reduce`) sum those rows of the gradient onto rank 0 one chunk of rows
     at a time; rank 0 keeps each row's top-k of a chunk before the next arrives."""
+    from ..kernels.gradient_topk import _select_torch as select_rows
+
     dev = _comm_device(x.device)
 
     def candidates(k, exclude, rows=None):
@@ -295,7 +281,8 @@ def _reduce_candidates(x, g, out_f, in_f, world, tf32):
         for r0, r1 in _row_chunks(sel.numel(), in_f):
             part = _partial_rows(x, g, sel[r0:r1], world, tf32)
             dist.reduce(part, 0)
-            s, c = _row_topk(part.abs_(), k, ex[r0:r1].to(part.device) if ex is not None else None)
+            # gradient_topk's selection rule (NaN and excluded never chosen, ties to the smaller column)
+            s, c = select_rows(part, k, ex[r0:r1].to(part.device) if ex is not None else None)
             scores.append(s)
             cols.append(c)
         return torch.cat(scores).to(x.device), torch.cat(cols).to(x.device)
